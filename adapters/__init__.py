@@ -1,0 +1,1 @@
+"""Trainable adapters and their trainers (installed as ``stylekit.adapters``)."""

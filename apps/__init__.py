@@ -1,0 +1,1 @@
+"""The Gradio app (installed as ``stylekit.apps``)."""

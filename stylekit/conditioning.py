@@ -1,0 +1,127 @@
+"""The common conditioning interface.
+
+What the user gives is data (``StyleCondition``); what acts on the model is a ``Conditioner``.
+A conditioner prepares (expensive, cacheable work), attaches to the pipeline for one call (a context
+manager that restores the pipeline exactly, also when the call raises) and may hook each step.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+from PIL import Image
+
+ImageLike = Image.Image | np.ndarray | torch.Tensor | str | Path
+
+
+@dataclass(frozen=True, eq=False)
+class StyleCondition:
+    """One style reference and where it applies.
+
+    Attributes:
+        image: the style image (PIL, HxWxC array, CxHxW tensor in [0, 1], or a path).
+        embedding: a precomputed style embedding (1-D tensor/array) from a style extractor.
+        text: a style description ("watercolour, thick outlines").
+        lora: a trained style/content adapter (a folder or ``.safetensors`` path).
+        mask: where the style applies (HxW array/tensor/image/path; None = everywhere).
+        weight: strength in [0, 1] relative to other conditions (blend / overlap weight).
+        steps: (start, end) fractions of the denoising schedule where the condition is active,
+            0 <= start < end <= 1.
+    """
+
+    image: ImageLike | None = None
+    embedding: torch.Tensor | np.ndarray | None = None
+    text: str | None = None
+    lora: str | Path | None = None
+    mask: ImageLike | None = None
+    weight: float = 1.0
+    steps: tuple[float, float] = (0.0, 1.0)
+
+    def __post_init__(self) -> None:
+        if all(x is None for x in (self.image, self.embedding, self.text, self.lora)):
+            raise ValueError("StyleCondition needs at least one of image, embedding, text or lora")
+        if self.image is not None and not isinstance(
+            self.image, (Image.Image, np.ndarray, torch.Tensor, str, Path)
+        ):
+            raise TypeError(
+                f"StyleCondition.image: expected a PIL image, array, tensor or path, got {type(self.image).__name__}"
+            )
+        if self.embedding is not None:
+            shape = tuple(self.embedding.shape)
+            if len(shape) not in (1, 2) or 0 in shape:
+                raise ValueError(f"StyleCondition.embedding: expected shape (D,) or (tokens, D), got {shape}")
+        if self.text is not None and (not isinstance(self.text, str) or not self.text.strip()):
+            raise ValueError("StyleCondition.text: expected a non-empty string")
+        if self.lora is not None and not isinstance(self.lora, (str, Path)):
+            raise TypeError(f"StyleCondition.lora: expected a path, got {type(self.lora).__name__}")
+        weight = float(self.weight)
+        if not math.isfinite(weight) or not 0.0 <= weight <= 1.0:
+            raise ValueError(f"StyleCondition.weight: expected a number in [0, 1], got {self.weight}")
+        if len(self.steps) != 2:
+            raise ValueError(f"StyleCondition.steps: expected (start, end), got {self.steps!r}")
+        start, end = (float(x) for x in self.steps)
+        if not 0.0 <= start < end <= 1.0:
+            raise ValueError(f"StyleCondition.steps: expected 0 <= start < end <= 1, got {self.steps!r}")
+
+    def active_at(self, step_index: int, num_steps: int) -> bool:
+        """Whether the condition acts at ``step_index`` of a ``num_steps`` schedule."""
+        position = step_index / max(num_steps, 1)
+        return self.steps[0] <= position < self.steps[1]
+
+
+@runtime_checkable
+class Conditioner(Protocol):
+    """Turns conditions into model behaviour for the duration of one pipeline call.
+
+    ``prepare`` does the expensive, cacheable work (inversions, embeddings); ``attach`` installs
+    processors/adapters/hooks and restores the pipeline exactly on exit; ``on_step_end`` may edit the
+    latents after each scheduler step (return them unchanged if unused).
+    """
+
+    def prepare(self, pipe: Any, **call: Any) -> None: ...
+
+    def attach(self, pipe: Any) -> Any: ...
+
+    def on_step_begin(self, step_index: int, timestep: int, latents: torch.Tensor) -> None: ...
+
+    def on_step_end(self, step_index: int, timestep: int, latents: torch.Tensor) -> torch.Tensor: ...
+
+
+class ConditionerBase:
+    """Convenience base: no-op hooks; subclasses override what they need."""
+
+    def prepare(self, pipe: Any, **call: Any) -> None:
+        return None
+
+    @contextmanager
+    def attach(self, pipe: Any) -> Iterator[None]:
+        yield
+
+    def on_step_begin(self, step_index: int, timestep: int, latents: torch.Tensor) -> None:
+        return None
+
+    def on_step_end(self, step_index: int, timestep: int, latents: torch.Tensor) -> torch.Tensor:
+        return latents
+
+
+@contextmanager
+def attached(pipe: Any, conditioners: Sequence[Conditioner]) -> Iterator[None]:
+    """Attach several conditioners in order; detach in reverse order, also on error."""
+    with ExitStack() as stack:
+        for conditioner in conditioners:
+            stack.enter_context(conditioner.attach(pipe))
+        yield
+
+
+def as_condition(style: StyleCondition | ImageLike) -> StyleCondition:
+    """Wrap a bare image/path as ``StyleCondition(image=...)``; pass conditions through."""
+    if isinstance(style, StyleCondition):
+        return style
+    return StyleCondition(image=style)
