@@ -270,7 +270,8 @@ class StyleInjectionMixin:
                     for conditioner in all_conditioners:
                         latents = conditioner.on_step_end(i, int(t), latents)
                     if callback_on_step_end is not None:
-                        values = {name: locals()[name] for name in callback_on_step_end_tensor_inputs}
+                        tensors = {"latents": latents}
+                        values = {name: tensors[name] for name in callback_on_step_end_tensor_inputs}
                         outputs = callback_on_step_end(self, i, t, values)
                         latents = outputs.pop("latents", latents)
                     bar.update()

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 from diffusers import StableDiffusionXLPipeline
+
 from stylekit.pipelines.style_injection import StyleInjectionMixin
 
 

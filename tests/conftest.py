@@ -1,0 +1,59 @@
+"""Shared fixtures: offline tiny pipelines and small deterministic test images."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import numpy as np
+import pytest
+import torch
+
+# Tiny models are overhead-bound: one thread is as fast and far steadier on a shared 2-core machine.
+torch.set_num_threads(1)
+
+
+def make_image(seed: int, size: int = 64) -> np.ndarray:
+    """A smooth random RGB image (HxWx3 uint8) with a few blobs, so VAE latents are non-trivial."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:size, 0:size] / size
+    image = np.zeros((size, size, 3))
+    for _ in range(4):
+        cx, cy, r = rng.uniform(0.2, 0.8), rng.uniform(0.2, 0.8), rng.uniform(0.1, 0.3)
+        image[((x - cx) ** 2 + (y - cy) ** 2) < r * r] = rng.uniform(0, 1, 3)
+    image += 0.05 * rng.standard_normal(image.shape)
+    return (np.clip(image, 0, 1) * 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="session")
+def tiny_sd():
+    from stylekit import load_pipeline
+
+    pipe = load_pipeline("tiny-sd")
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl():
+    from stylekit import load_pipeline
+
+    pipe = load_pipeline("tiny-sdxl")
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_v():
+    from stylekit import load_pipeline
+
+    pipe = load_pipeline("tiny-sd-v")
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture
+def images():
+    return [make_image(seed) for seed in range(4)]
