@@ -211,8 +211,10 @@ class AttentionInjection(ConditionerBase):
         for row, digest in enumerate(digests):
             tensors = controller.bank.to_tensors(digest) if capture else {}
             controller.bank.discard(digest)
-            tensors["latents"] = result.latents[:, row].float()
-            tensors["start"] = result.start_latent[row].float()
+            # Fresh, contiguous copies: the same memory layout as an entry read back from the cache, so
+            # a cold call and a cached call give bit-identical results.
+            tensors["latents"] = result.latents[:, row].float().clone(memory_format=torch.contiguous_format)
+            tensors["start"] = result.start_latent[row].float().clone(memory_format=torch.contiguous_format)
             tensors["timesteps"] = result.timesteps
             tensors["sampling_timesteps"] = result.sampling_timesteps
             out[digest] = tensors

@@ -1,0 +1,1 @@
+"""Training code for the bundled models (the `mini` diffusion model)."""

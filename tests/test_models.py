@@ -1,0 +1,60 @@
+"""Model presets: offline, seeded, loadable by stock diffusers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from stylekit import load_pipeline
+from stylekit.models import PRESETS, model_fingerprint
+from stylekit.tokenizer import build_clip_tokenizer
+
+
+def test_tokenizer_is_built_offline_and_knows_words():
+    tokenizer = build_clip_tokenizer(["striped", "star"])
+    ids = tokenizer("a Striped star!")["input_ids"]
+    tokens = tokenizer.convert_ids_to_tokens(ids)
+    assert tokens == ["<|startoftext|>", "a</w>", "striped</w>", "star</w>", "!</w>", "<|endoftext|>"]
+    padded = tokenizer("", padding="max_length", max_length=77)["input_ids"]
+    assert len(padded) == 77 and padded[0] == tokenizer.bos_token_id
+    assert "é" in tokenizer.decode(tokenizer("café")["input_ids"])  # any text tokenizes (byte fallback)
+
+
+def test_presets_are_seeded_and_typed(tiny_sd):
+    again = load_pipeline("tiny-sd")
+    for a, b in zip(tiny_sd.unet.parameters(), again.unet.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert type(tiny_sd).__name__ == "StyleInjectionPipeline"
+    assert type(load_pipeline("tiny-sdxl", kind="text-to-image")).__name__ == "StableDiffusionXLPipeline"
+    assert load_pipeline("tiny-sd-v").scheduler.config.prediction_type == "v_prediction"
+    assert {"tiny-sd", "tiny-sd-v", "tiny-sdxl", "mini"} <= set(PRESETS)
+
+
+def test_unknown_kind_and_fingerprint(tiny_sd):
+    with pytest.raises(ValueError, match="kind='video-magic' is not known"):
+        load_pipeline("tiny-sd", kind="video-magic")
+    before = model_fingerprint(tiny_sd.unet)
+    saved = tiny_sd.unet.conv_out.bias.detach().clone()
+    with torch.no_grad():
+        tiny_sd.unet.conv_out.bias.add_(1.0)
+    try:
+        assert model_fingerprint(tiny_sd.unet) != before
+    finally:
+        with torch.no_grad():
+            tiny_sd.unet.conv_out.bias.copy_(saved)
+    assert model_fingerprint(tiny_sd.unet) == before
+
+
+@pytest.mark.parametrize("preset,stock", [("tiny-sd", "StableDiffusionPipeline"), ("tiny-sdxl", "StableDiffusionXLPipeline")])
+def test_saved_preset_loads_in_stock_diffusers_and_generates(preset, stock, tmp_path):
+    import diffusers
+
+    pipe = load_pipeline(preset, kind="text-to-image")
+    pipe.save_pretrained(tmp_path)
+    loaded = getattr(diffusers, stock).from_pretrained(tmp_path)
+    loaded.set_progress_bar_config(disable=True)
+    image = loaded("a red star", num_inference_steps=2, height=64, width=64, output_type="np").images
+    assert image.shape == (1, 64, 64, 3) and np.isfinite(image).all()
+    # and as a style-injection pipeline, by architecture
+    assert type(load_pipeline(str(tmp_path))).__name__.startswith("StyleInjection")
