@@ -20,7 +20,9 @@ from PIL import Image
 from stylekit.conditioning import ConditionerBase, ImageLike
 
 
-def load_mask(mask: ImageLike, height: int, width: int, threshold: float = 0.5, feather: int = 0) -> torch.Tensor:
+def load_mask(
+    mask: ImageLike, height: int, width: int, threshold: float = 0.5, feather: int = 0
+) -> torch.Tensor:
     """A mask as a (height, width) float tensor in [0, 1].
 
     Any size (resized, nearest), any mode: images are converted to grayscale and binarised at

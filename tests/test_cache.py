@@ -77,7 +77,9 @@ def test_new_image_or_new_weights_miss(tiny_sd, images):
 
 
 def test_key_digest_covers_every_field():
-    key = CacheKey("a" * 64, "m", "s", 50, ("l",), "torch.float32", (64, 64), "style", "features", "corrected")
+    key = CacheKey(
+        "a" * 64, "m", "s", 50, ("l",), "torch.float32", (64, 64), "style", "features", "corrected"
+    )
     for field in dataclasses.fields(CacheKey):
         value = getattr(key, field.name)
         if isinstance(value, str):
@@ -117,7 +119,9 @@ def test_disk_cache_survives_a_new_process_object_and_recovers_corruption(tiny_s
 
 def test_memory_bound_evicts_least_recently_used():
     cache = InversionCache(max_memory_bytes=3 * 400)
-    keys = [CacheKey(str(i), "m", "s", 1, (), "f", (1, 1), "content", "features", "corrected") for i in range(4)]
+    keys = [
+        CacheKey(str(i), "m", "s", 1, (), "f", (1, 1), "content", "features", "corrected") for i in range(4)
+    ]
     for key in keys:
         cache.put(key, {"x": torch.zeros(100)})  # 400 bytes each
     assert cache.get(keys[0]) is None and cache.get(keys[3]) is not None

@@ -103,7 +103,7 @@ def test_sdxl_refuses_the_sd_preset(tiny_sdxl, images):
 
 def test_unusual_modes_are_converted(tiny_sd, images, tmp_path):
     base = Image.fromarray(images[0])
-    sixteen = Image.fromarray((np.asarray(base.convert("L"), dtype=np.uint16) * 257)).convert("I;16")
+    sixteen = Image.fromarray(np.asarray(base.convert("L"), dtype=np.uint16) * 257).convert("I;16")
     variants = {
         "rgba": base.convert("RGBA"),
         "la": base.convert("LA"),

@@ -46,7 +46,9 @@ def test_unknown_kind_and_fingerprint(tiny_sd):
     assert model_fingerprint(tiny_sd.unet) == before
 
 
-@pytest.mark.parametrize("preset,stock", [("tiny-sd", "StableDiffusionPipeline"), ("tiny-sdxl", "StableDiffusionXLPipeline")])
+@pytest.mark.parametrize(
+    "preset,stock", [("tiny-sd", "StableDiffusionPipeline"), ("tiny-sdxl", "StableDiffusionXLPipeline")]
+)
 def test_saved_preset_loads_in_stock_diffusers_and_generates(preset, stock, tmp_path):
     import diffusers
 

@@ -23,7 +23,11 @@ def _probe(cwd: Path, env: dict[str, str] | None = None) -> dict:
     import os
 
     result = subprocess.run(
-        [sys.executable, "-c", PROBE], cwd=cwd, capture_output=True, text=True, env={**os.environ, **(env or {})},
+        [sys.executable, "-c", PROBE],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
         check=True,
     )
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -38,7 +42,18 @@ def test_installed_package_exposes_namespaced_pipelines_only(tmp_path):
 @pytest.mark.slow
 def test_built_wheel_has_one_import_root(tmp_path):
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            str(ROOT),
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+        ],
         check=True,
         capture_output=True,
     )
@@ -46,7 +61,11 @@ def test_built_wheel_has_one_import_root(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     roots = {name.split("/")[0] for name in names}
     assert roots == {"stylekit", next(r for r in roots if r.endswith(".dist-info"))}, roots
-    for module in ("stylekit/pipelines/__init__.py", "stylekit/adapters/__init__.py", "stylekit/apps/__init__.py"):
+    for module in (
+        "stylekit/pipelines/__init__.py",
+        "stylekit/adapters/__init__.py",
+        "stylekit/apps/__init__.py",
+    ):
         assert module in names
     site = tmp_path / "site"
     subprocess.run(
