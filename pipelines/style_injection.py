@@ -231,6 +231,7 @@ class StyleInjectionMixin:
         style_pixels = torch.stack([to_tensor(fit_to_size(im, width, height)) for im in style_images])
 
         device = self._execution_device
+        self.__dict__["_call_device"] = device  # _execution_device is slow to ask; fixed for the call
         dtype = self.unet.dtype
         evals = [0]
 
@@ -295,8 +296,9 @@ class StyleInjectionPipeline(StyleInjectionMixin, StableDiffusionPipeline):
     def unet_conditioning(
         self, batch_size: int, dtype: torch.dtype, height: int, width: int
     ) -> dict[str, Any]:
+        device = self.__dict__.get("_call_device") or self._execution_device
         cached = self.__dict__.get("_empty_prompt")
-        if cached is None or cached.device != self._execution_device:
-            cached, _ = self.encode_prompt("", self._execution_device, 1, False)
+        if cached is None or cached.device != device:
+            cached, _ = self.encode_prompt("", device, 1, False)
             self.__dict__["_empty_prompt"] = cached
         return {"encoder_hidden_states": cached.to(dtype).expand(batch_size, -1, -1)}

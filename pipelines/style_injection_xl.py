@@ -25,11 +25,12 @@ class StyleInjectionXLPipeline(StyleInjectionMixin, StableDiffusionXLPipeline):
     def unet_conditioning(
         self, batch_size: int, dtype: torch.dtype, height: int, width: int
     ) -> dict[str, Any]:
-        key = (self._execution_device, height, width)
+        device = self.__dict__.get("_call_device") or self._execution_device
+        key = (device, height, width)
         cached = self.__dict__.get("_empty_prompt")
         if cached is None or cached[0] != key:
             prompt_embeds, _, pooled, _ = self.encode_prompt(
-                "", device=self._execution_device, num_images_per_prompt=1, do_classifier_free_guidance=False
+                "", device=device, num_images_per_prompt=1, do_classifier_free_guidance=False
             )
             projection_dim = (
                 self.text_encoder_2.config.projection_dim
@@ -42,7 +43,7 @@ class StyleInjectionXLPipeline(StyleInjectionMixin, StableDiffusionXLPipeline):
                 (height, width),
                 dtype=prompt_embeds.dtype,
                 text_encoder_projection_dim=projection_dim,
-            ).to(self._execution_device)
+            ).to(device)
             cached = (key, prompt_embeds, pooled, time_ids)
             self.__dict__["_empty_prompt"] = cached
         _, prompt_embeds, pooled, time_ids = cached

@@ -88,11 +88,13 @@ class InversionCache:
     Args:
         directory: folder for ``<digest>.safetensors`` files; None = memory only.
         max_memory_bytes: the in-memory bound; the least recently used entries are dropped past it.
+            In-memory entries stay on the device they were computed on (a GPU-resident cache on CUDA,
+            so a cached call copies nothing), disk entries are written from CPU copies.
 
     ``stats`` counts ``hits``, ``misses``, ``disk_hits`` and ``recovered`` (corrupt entries dropped).
     """
 
-    def __init__(self, directory: str | Path | None = None, max_memory_bytes: int = 2 << 30) -> None:
+    def __init__(self, directory: str | Path | None = None, max_memory_bytes: int = 4 << 30) -> None:
         self.directory = Path(directory) if directory is not None else None
         if self.directory is not None:
             self.directory.mkdir(parents=True, exist_ok=True)
@@ -106,7 +108,7 @@ class InversionCache:
         return None if self.directory is None else self.directory / f"{key.digest}.safetensors"
 
     def get(self, key: CacheKey) -> dict[str, torch.Tensor] | None:
-        """The cached tensors for ``key`` (CPU), or None."""
+        """The cached tensors for ``key`` (on the device they were stored from, or CPU from disk), or None."""
         digest = key.digest
         with self._lock:
             if digest in self._memory:
@@ -127,12 +129,13 @@ class InversionCache:
         return None
 
     def put(self, key: CacheKey, tensors: dict[str, torch.Tensor]) -> None:
-        """Store ``tensors`` (moved to CPU) under ``key`` in memory and, if configured, on disk."""
-        tensors = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
+        """Store ``tensors`` under ``key`` in memory and, if configured, on disk."""
+        tensors = {name: t.detach().contiguous() for name, t in tensors.items()}
         digest = key.digest
         self._remember(digest, tensors)
         path = self.path_for(key)
         if path is not None:
+            tensors = {name: t.to("cpu") for name, t in tensors.items()}
             metadata = {"key": json.dumps(asdict(key), default=list), "sha256": _tensors_sha256(tensors)}
             fd, tmp = tempfile.mkstemp(prefix=f".{digest[:16]}.", suffix=".tmp", dir=path.parent)
             os.close(fd)

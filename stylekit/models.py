@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -265,6 +266,8 @@ def load_pipeline(
                 f"the bundled 'mini' model is missing at {MINI_PATH}; reinstall stylekit or use 'tiny-sd'"
             )
         name_or_path = str(MINI_PATH)
+        if dtype is None:
+            dtype = torch.float32  # stored as fp16 to stay small; compute in fp32 unless asked otherwise
     resolved = ALIASES.get(name_or_path, name_or_path)
     architecture = _architecture_of(resolved)
     cls = _pipeline_class(kind, architecture)
@@ -279,15 +282,34 @@ def load_pipeline(
     return _finish(pipe, None, device, kind)
 
 
+_FINGERPRINTS: weakref.WeakKeyDictionary[torch.nn.Module, tuple[tuple, str]] = weakref.WeakKeyDictionary()
+
+
 def model_fingerprint(module: torch.nn.Module) -> str:
     """A short hash of a module's config, parameter shapes and a strided sample of its weights.
 
-    Cheap enough to compute once per pipeline, and different whenever weights are swapped.
+    Memoised per module on the parameters' identities and in-place version counters, so it is free
+    to ask again and recomputed whenever a weight is replaced, added (LoRA) or edited in place.
     """
-    digest = hashlib.sha256()
-    config = getattr(module, "config", None)
-    if config is not None:
-        digest.update(json.dumps(dict(config), sort_keys=True, default=str).encode())
+    state = (_config_json(module), tuple((name, id(p), p._version) for name, p in module.named_parameters()))
+    memo = _FINGERPRINTS.get(module)
+    if memo is not None and memo[0] == state:
+        return memo[1]
+    fingerprint = _compute_fingerprint(module)
+    _FINGERPRINTS[module] = (state, fingerprint)
+    return fingerprint
+
+
+def _config_json(module: torch.nn.Module) -> str:
+    """The module's config without private (``_``-prefixed) entries such as ``_name_or_path``."""
+    config = getattr(module, "config", None) or {}
+    return json.dumps(
+        {k: v for k, v in dict(config).items() if not k.startswith("_")}, sort_keys=True, default=str
+    )
+
+
+def _compute_fingerprint(module: torch.nn.Module) -> str:
+    digest = hashlib.sha256(_config_json(module).encode())
     with torch.no_grad():
         for name, param in module.named_parameters():
             digest.update(name.encode())

@@ -39,7 +39,8 @@ class Row:
 def fp32_for_inversion(pipe: Any) -> Iterator[None]:
     """On CUDA, run the UNet and VAE in fp32 while inverting (weights cast back afterwards, losslessly)."""
     modules = [m for m in (pipe.unet, pipe.vae) if m.dtype != torch.float32]
-    if pipe._execution_device.type != "cuda" or not modules:
+    device = pipe.__dict__.get("_call_device") or pipe._execution_device
+    if device.type != "cuda" or not modules:
         yield
         return
     dtypes = [m.dtype for m in modules]
@@ -111,7 +112,7 @@ class AttentionInjection(ConditionerBase):
             rows: the stylized outputs.
             unet_conditioning: ``f(batch, dtype) -> UNet kwargs`` for the empty prompt.
         """
-        device = pipe._execution_device
+        device = pipe.__dict__.get("_call_device") or pipe._execution_device
         feature_dtype = torch.float16 if device.type == "cuda" else torch.float32
         self.controller = InjectionController(self.settings, store_dtype=feature_dtype)
         self.rows = list(rows)
@@ -177,7 +178,7 @@ class AttentionInjection(ConditionerBase):
         self, pipe: Any, jobs: list[tuple[CacheKey, torch.Tensor, str]], digests: list[str], steps: int
     ) -> dict[str, dict[str, torch.Tensor]]:
         assert self.controller is not None and self._ref_conditioning is not None
-        device = pipe._execution_device
+        device = pipe.__dict__.get("_call_device") or pipe._execution_device
         controller = self.controller
         with fp32_for_inversion(pipe):
             dtype = pipe.unet.dtype
