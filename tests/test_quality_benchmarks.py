@@ -1,0 +1,84 @@
+"""The quality benchmarks run end to end on a reduced setting (tiny-sd): output format and anchors."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from stylekit.metrics import RELIABLE_IOU
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"_bench_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _one_json_line(capsys) -> dict:
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    return json.loads(lines[0])
+
+
+def test_transfer_quality_reduced(capsys, tmp_path):
+    bench = _load("transfer_quality")
+    grid = tmp_path / "grid.png"
+    bench.main(["--model", "tiny-sd", "--pairs", "4", "--steps", "3", "--out-grid", str(grid)])
+    report = _one_json_line(capsys)
+    assert report["benchmark"] == "transfer_quality" and report["pairs"] == 4
+    assert set(report["rows"]) == set(bench.ROWS + bench.REFERENCE_ROWS)
+    for row in report["rows"].values():
+        for key in ("style_score", "content_iou", "edge_ssim"):
+            assert 0.0 <= row[key] <= 1.0
+    identity = report["rows"]["identity"]
+    assert identity["style_score"] == 0.0 and identity["edge_ssim"] == 1.0
+    assert identity["content_iou"] >= RELIABLE_IOU  # content images are kept only if readable
+    assert set(report["targets"]) >= {
+        "styleid_beats_ablations_hmean",
+        "styleid_style_ge_0.5",
+        "styleid_iou_ge_0.7",
+    }
+    assert grid.stat().st_size > 0
+
+
+def test_transfer_quality_layer_options():
+    bench = _load("transfer_quality")
+    assert bench.parse_layers("up1+up2") == {"up": {"block_1": True, "block_2": True}}
+    assert bench.parse_layers("styleid") == "styleid"
+    assert bench.layers_label({"up": {"block_1": True, "block_2": True}}) == "up1+up2"
+    labels = [bench.layers_label(c) for c in bench.sweep_candidates([1, 2, 3])]
+    assert sorted(labels) == ["up1", "up1+up2", "up1+up2+up3", "up2", "up2+up3", "up3"]
+    with pytest.raises(SystemExit):
+        bench.main(["--model", "tiny-sd", "--pairs", "1", "--rows", "nope"])
+
+
+def test_transfer_quality_layer_sweep(capsys):
+    bench = _load("transfer_quality")
+    bench.main(["--model", "tiny-sd", "--pairs", "1", "--steps", "2", "--rows", "styleid", "--layers-sweep"])
+    report = _one_json_line(capsys)
+    assert set(report["rows"]) == {"styleid"}
+    # tiny-sd has self-attention in up blocks 1-3; the default layers (up2+up3) reuse the styleid row
+    assert len(report["layer_sweep"]) == 6
+    assert report["layer_sweep"]["up2+up3"]["same_as"] == "styleid"
+
+
+def test_mini_quality_reduced(capsys):
+    bench = _load("mini_quality")
+    bench.main(["--model", "tiny-sd", "--n-vae", "4", "--n-gen", "4", "--steps", "2", "--probe-steps", "2"])
+    report = _one_json_line(capsys)
+    assert report["benchmark"] == "mini_quality"
+    for key in ("vae_psnr_db", "content_probe_ratio", "style_probe_ratio"):
+        assert isinstance(report[key], float)
+    for kind in ("content_probe", "style_probe"):
+        assert set(report[kind]) >= {"real", "vae", "generated", "ratio", "chance"}
+    assert set(report["targets"]) == {
+        "vae_psnr_ge_28",
+        "content_probe_ratio_ge_0.7",
+        "style_probe_ratio_ge_0.7",
+    }
