@@ -76,7 +76,8 @@ LAYER_PRESETS: dict[str, LayerPreset] = {
             "styleid-mini",
             "sd",
             {"up": {"block_2": True, "block_3": True}},
-            "the bundled mini model's decoder self-attention (chosen by the transfer-quality benchmark)",
+            "the bundled mini model's two finest decoder levels (8x8 and 16x16 latents), the analogue of "
+            "StyleID's up_blocks.2-3 on SD; not yet tuned with benchmarks/transfer_quality.py --layers-sweep",
         ),
     ]
 }
