@@ -303,8 +303,11 @@ def _run_stage(
     optimizer: torch.optim.Optimizer,
     step_fn: Any,
     total_steps: int,
+    depends_on: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The shared loop: resume, per-step LR, optimisation, EMA, logging, checkpoints.
+
+    ``depends_on`` (JSON) joins the stage's settings in the signature a resumed run must match.
 
     Returns:
         The run state: ``{"wall_s", "history", "final", ...}`` with EMA weights copied into ``modules``.
@@ -317,12 +320,13 @@ def _run_stage(
     emas = {name: EMA(module, config.ema_decay) for name, module in modules.items()}
     base_lrs = [group["lr"] for group in optimizer.param_groups]
     start, wall, running = 0, 0.0, _Running()
+    signature = dict(config.stage_signature(stage), **(depends_on or {}))
     resume = resolve_checkpoint(stage_dir, config.resume_from_checkpoint)
     if resume is not None:
         saved = load_checkpoint(resume)
-        if saved["state"].get("signature") != config.stage_signature(stage):
+        if saved["state"].get("signature") != signature:
             raise ValueError(
-                f"--resume_from_checkpoint: {resume} was written with other {stage} settings; "
+                f"--resume_from_checkpoint: {resume} was written with other {stage} settings (or another VAE); "
                 "resume with the same settings or start a new --checkpoint_dir"
             )
         for name, module in modules.items():
@@ -368,7 +372,7 @@ def _run_stage(
             accelerator.wait_for_everyone()
             if accelerator.is_main_process:
                 state = {
-                    "signature": config.stage_signature(stage),
+                    "signature": signature,
                     "wall_s": wall + time.perf_counter() - tic,
                     "running": running.state(),
                 }
@@ -459,8 +463,9 @@ def train_vae(config: TrainMiniConfig, accelerator: Any) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def _latent_stats(vae: Any, config: TrainMiniConfig, n: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel mean and std ``(C,)`` of the posterior means of ``n`` training-distribution images."""
+def _latent_stats(vae: Any, config: TrainMiniConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std ``(C,)`` of the posterior means of ``max(eval_images, 64)`` training images."""
+    n = max(config.eval_images, 64)
     batch = world_batch(config.seed, "eval", 0, n, config.arch.image_size, config.splits)
     param = next(vae.parameters())
     latents = torch.cat(
@@ -473,6 +478,8 @@ def train_unet(config: TrainMiniConfig, accelerator: Any) -> dict[str, Any]:
     """Stage 2: train UNet + text encoder on latents of the frozen ``OUTPUT_DIR/vae`` and write the full
     diffusers folder. Returns the stage summary."""
     from diffusers import AutoencoderKL, StableDiffusionPipeline
+
+    from stylekit.models import model_fingerprint
 
     from .evaluate import held_out_captions, sample_grid
 
@@ -542,7 +549,17 @@ def train_unet(config: TrainMiniConfig, accelerator: Any) -> dict[str, Any]:
         return loss, {"loss": float(loss.detach()), "mse": float(per_sample.detach().mean())}
 
     modules = {"unet": unet, "text_encoder": text_encoder}
-    run = _run_stage(config, accelerator, "unet", modules, trainer, optimizer, step_fn, config.unet_steps)
+    run = _run_stage(
+        config,
+        accelerator,
+        "unet",
+        modules,
+        trainer,
+        optimizer,
+        step_fn,
+        config.unet_steps,
+        depends_on={"vae": model_fingerprint(vae)},
+    )
     summary: dict[str, Any] = {"stage": "unet", "steps": config.unet_steps, **run}
     if accelerator.is_main_process:
         unet.eval()
