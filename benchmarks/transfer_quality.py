@@ -1,7 +1,7 @@
 """Style-transfer quality of StyleID and its ablations on held-out world pairs; prints one JSON line.
 
 Usage: ``python benchmarks/transfer_quality.py [--model auto] [--pairs 100] [--steps 50] [--size 0]
-[--layers auto] [--rows all] [--layers-sweep] [--seed 0] [--threads 0] [--device cpu] [--out-grid PATH]``
+[--layers auto] [--rows all] [--layers-sweep] [--temperature 1.5] [--seed 0] [--threads 0] [--device cpu] [--out-grid PATH]``
 
 Pairs: a content image (content ``c`` in style ``s_c``) and a style image (another content class ``c'``
 in style ``s``), with ``(c, s)``, ``(c, s_c)`` and ``(c', s)`` all in the test part of the world's
@@ -37,8 +37,14 @@ edge_ssim) / 2, ``hmean`` = harmonic mean of the row's mean style_score and mean
 edges, so it also drops when the paper/object texture changes as it should (the ``oracle`` row shows
 how much); ``hmean_iou`` leaves it out.
 
+Extractor columns (the bundled style extractor, ``stylekit.metrics_style.style_similarity``; issue 4):
+``extractor_similarity`` = mean cosine similarity of the output's style embedding to the style image's,
+and ``extractor_style_score`` = mean of ``d_c / (d_c + d_s)`` with ``d = 1 - similarity`` to the content /
+style image (0 = the content's style, 1 = the style image's, the same normalisation as ``style_score``).
+
 ``--layers-sweep`` adds ``layer_sweep``: the ``styleid`` row for every run of adjacent decoder blocks
-with self-attention (each alone, adjacent pairs, ..., all of them), keyed ``up1``, ``up2+up3``, ...
+with self-attention (each alone, adjacent pairs, ..., all of them), keyed ``up1``, ``up2+up3``, ..., and
+for every self-attention layer of the UNet (encoder and middle too), keyed ``all``.
 """
 
 from __future__ import annotations
@@ -70,6 +76,7 @@ from stylekit.metrics import (
     segment_objects,
     style_score_components,
 )
+from stylekit.metrics_style import style_similarity
 from stylekit.models import MINI_PATH, load_pipeline
 
 ROWS = ("identity", "adain_only", "kv_only", "kv_qp", "styleid_official", "styleid", "styleid_g03")
@@ -148,10 +155,14 @@ def attention_blocks(pipe: Any) -> list[int]:
     return sorted(blocks)
 
 
+ALL_SELF_ATTENTION = {"down": True, "mid": True, "up": True}
+
+
 def sweep_candidates(blocks: list[int]) -> list[dict[str, Any]]:
-    """Every up block with self-attention alone, every run of adjacent ones, and all of them."""
+    """Every up block with self-attention alone, every run of adjacent ones, and every self-attention
+    layer of the UNet (encoder, middle and decoder; labelled ``all``)."""
     runs = [blocks[i:j] for i in range(len(blocks)) for j in range(i + 1, len(blocks) + 1)]
-    return [{"up": {f"block_{b}": True for b in run}} for run in runs]
+    return [{"up": {f"block_{b}": True for b in run}} for run in runs] + [ALL_SELF_ATTENTION]
 
 
 def resolve_default_layers(pipe: Any, model: str, requested: str) -> Any:
@@ -174,7 +185,9 @@ def resolve_default_layers(pipe: Any, model: str, requested: str) -> Any:
 
 
 def parse_layers(text: str) -> Any:
-    """``styleid`` (preset) | ``up1+up2`` (whole up blocks) | a JSON block dict."""
+    """``styleid`` (preset) | ``up1+up2`` (whole up blocks) | ``all`` (every self-attention) | a JSON block dict."""
+    if text == "all":
+        return dict(ALL_SELF_ATTENTION)
     if text.startswith("{"):
         return json.loads(text)
     if all(part.startswith("up") and part[2:].isdigit() for part in text.split("+")):
@@ -185,6 +198,8 @@ def parse_layers(text: str) -> Any:
 def layers_label(spec: Any) -> str:
     if spec is None:
         return "default"
+    if spec == ALL_SELF_ATTENTION:
+        return "all"
     if isinstance(spec, dict) and set(spec) == {"up"} and isinstance(spec["up"], dict):
         return "+".join(f"up{key.split('_')[1]}" for key in spec["up"])
     return spec if isinstance(spec, str) else json.dumps(spec, sort_keys=True)
@@ -210,8 +225,9 @@ def official_layers(pipe: Any, layers: Any) -> tuple[str, Any]:
     return OFFICIAL_FALLBACK, f"{layers_label(layers)} (official timing)"
 
 
-def row_settings(layers: Any, official: str) -> dict[str, dict[str, Any] | None]:
-    on = {"attention_injection": True, "query_preservation": True, "adain": True}
+def row_settings(layers: Any, official: str, temperature: float = 1.5) -> dict[str, dict[str, Any] | None]:
+    """Pipeline keyword arguments per row (None: the content itself; "oracle" / "vae": reference rows)."""
+    on = {"attention_injection": True, "query_preservation": True, "adain": True, "temperature": temperature}
     return {
         "identity": None,
         "oracle": "oracle",
@@ -234,6 +250,7 @@ def row_settings(layers: Any, official: str) -> dict[str, dict[str, Any] | None]
             "attention_injection": True,
             "query_preservation": False,
             "adain": False,
+            "temperature": temperature,
         },
         "kv_qp": {
             "layers": layers,
@@ -241,10 +258,28 @@ def row_settings(layers: Any, official: str) -> dict[str, dict[str, Any] | None]
             "query_preservation": True,
             "adain": False,
             "gamma": 0.75,
+            "temperature": temperature,
         },
         "styleid_official": {"layers": official, **on, "gamma": 0.75},
         "styleid": {"layers": layers, **on, "gamma": 0.75},
         "styleid_g03": {"layers": layers, **on, "gamma": 0.3},
+    }
+
+
+def extractor_scores(outputs: np.ndarray, contents: np.ndarray, styles: np.ndarray) -> dict[str, float]:
+    """The extractor columns (see the module docstring); inputs float ``(n, S, S, 3)`` in [0, 1]."""
+    from stylekit.extractors import load_default
+
+    extractor = load_default()
+    to_uint8 = lambda x: (np.clip(x, 0, 1) * 255).round().astype(np.uint8)  # noqa: E731
+    e_out, e_content, e_style = (extractor.embed(list(to_uint8(x))) for x in (outputs, contents, styles))
+    sim_style = style_similarity(e_out, e_style, extractor)
+    sim_content = style_similarity(e_out, e_content, extractor)
+    d_s, d_c = (1 - sim_style).clamp_min(0), (1 - sim_content).clamp_min(0)
+    normalised = torch.where(d_c + d_s > 0, d_c / (d_c + d_s).clamp_min(1e-12), torch.full_like(d_c, 0.5))
+    return {
+        "extractor_similarity": round(float(sim_style.mean()), 4),
+        "extractor_style_score": round(float(normalised.mean()), 4),
     }
 
 
@@ -268,6 +303,7 @@ def score(outputs: np.ndarray, pairs: dict[str, Any]) -> dict[str, Any]:
         "palette": round(float(np.mean(comp["palette"])), 4),
         "gram": round(float(np.mean(comp["gram"])), 4),
         "frac_iou_ge_0.7": round(float(np.mean(np.array(ious) >= 0.7)), 4),
+        **extractor_scores(outputs, contents, styles),
     }
 
 
@@ -346,6 +382,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--rows", default="all", help="comma-separated subset of " + ",".join(ROWS + REFERENCE_ROWS)
     )
     parser.add_argument("--layers-sweep", action="store_true")
+    parser.add_argument("--temperature", type=float, default=1.5, help="attention temperature of every row")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = leave as is)")
     parser.add_argument("--device", default="cpu")
@@ -367,7 +404,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     size = args.size or pipe.native_resolution
     layers = resolve_default_layers(pipe, model, args.layers)
     official, official_label = official_layers(pipe, layers)
-    settings = row_settings(layers, official)
+    settings = row_settings(layers, official, args.temperature)
 
     pairs = sample_pairs(np.random.default_rng([args.seed, 20]), args.pairs, size)
     cache = InversionCache(max_memory_bytes=1 << 30)
@@ -423,6 +460,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "pairs": args.pairs,
         "rejected_unreadable": pairs["rejected"],
         "layers": layers_label(layers),
+        "temperature": args.temperature,
         "official_layers": official_label,
         "rows": results,
         "targets": targets,

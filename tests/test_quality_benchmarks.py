@@ -34,10 +34,13 @@ def test_transfer_quality_reduced(capsys, tmp_path):
     assert report["benchmark"] == "transfer_quality" and report["pairs"] == 4
     assert set(report["rows"]) == set(bench.ROWS + bench.REFERENCE_ROWS)
     for row in report["rows"].values():
-        for key in ("style_score", "content_iou", "edge_ssim"):
+        for key in ("style_score", "content_iou", "edge_ssim", "extractor_style_score"):
             assert 0.0 <= row[key] <= 1.0
     identity = report["rows"]["identity"]
     assert identity["style_score"] == 0.0 and identity["edge_ssim"] == 1.0
+    assert identity["extractor_style_score"] == 0.0  # the output is the content: d_c = 0
+    # the world renders the content in the target style: the extractor puts it next to the style image
+    assert report["rows"]["oracle"]["extractor_style_score"] > 0.5
     assert identity["content_iou"] >= RELIABLE_IOU  # content images are kept only if readable
     assert set(report["targets"]) >= {
         "styleid_beats_ablations_hmean",
@@ -53,7 +56,8 @@ def test_transfer_quality_layer_options():
     assert bench.parse_layers("styleid") == "styleid"
     assert bench.layers_label({"up": {"block_1": True, "block_2": True}}) == "up1+up2"
     labels = [bench.layers_label(c) for c in bench.sweep_candidates([1, 2, 3])]
-    assert sorted(labels) == ["up1", "up1+up2", "up1+up2+up3", "up2", "up2+up3", "up3"]
+    assert sorted(labels) == ["all", "up1", "up1+up2", "up1+up2+up3", "up2", "up2+up3", "up3"]
+    assert bench.parse_layers("all") == {"down": True, "mid": True, "up": True}
     with pytest.raises(SystemExit):
         bench.main(["--model", "tiny-sd", "--pairs", "1", "--rows", "nope"])
 
@@ -64,7 +68,7 @@ def test_transfer_quality_layer_sweep(capsys):
     report = _one_json_line(capsys)
     assert set(report["rows"]) == {"styleid"}
     # tiny-sd has self-attention in up blocks 1-3; the default layers (up2+up3) reuse the styleid row
-    assert len(report["layer_sweep"]) == 6
+    assert len(report["layer_sweep"]) == 7
     assert report["layer_sweep"]["up2+up3"]["same_as"] == "styleid"
 
 
