@@ -1,4 +1,4 @@
-"""The ``stylekit`` command.
+"""The ``stylekit`` command (``transfer`` here; the other subcommands live in ``stylekit.commands``).
 
     stylekit transfer CONTENT... --style STYLE... -o DIR [--model M] [--gamma G] [--temperature T]
                       [--steps N] [--seed S] [--layers L] [--cache-dir DIR] ...
@@ -41,6 +41,8 @@ from stylekit.batch import (
     write_png_atomic,
 )
 from stylekit.cache import STRATEGIES
+from stylekit.capabilities import CapabilityUnavailable
+from stylekit.commands import EXTRA_COMMANDS, PASSTHROUGH
 from stylekit.models import MINI_PATH
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -226,7 +228,7 @@ def add_transfer_command(subparsers: Any) -> None:
     parser.set_defaults(handler=run_transfer)
 
 
-COMMANDS: tuple[Callable[[Any], None], ...] = (add_transfer_command,)
+COMMANDS: tuple[Callable[[Any], None], ...] = (add_transfer_command, *EXTRA_COMMANDS)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -240,22 +242,53 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _passthrough(argv: list[str]) -> tuple[bool, Callable[[Sequence[str]], int], list[str]] | None:
+    """(debug, handler, arguments) when the command passes its arguments through untouched, else None.
+
+    Top-level options take no values, so the first argument not starting with ``-`` is the command.
+    """
+    for index, token in enumerate(argv):
+        if not token.startswith("-"):
+            head = argv[:index]
+            if token in PASSTHROUGH and set(head) <= {"--debug"}:
+                return "--debug" in head, PASSTHROUGH[token][1], argv[index + 1 :]
+            return None
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``stylekit`` command line; returns the exit code (0, 1, 2 or 130)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    passthrough = _passthrough(argv)
+    if passthrough is not None:
+        debug, handler, rest = passthrough
+        return _run(lambda: handler(rest), debug)
     try:
         args = build_parser().parse_args(argv)
     except InputError as error:
         return _fail(str(error), EXIT_USAGE)
     except SystemExit as exit_:  # --help / --version
         return exit_.code if isinstance(exit_.code, int) else EXIT_OK
+    return _run(lambda: args.handler(args), args.debug)
+
+
+def _run(handler: Callable[[], int], debug: bool) -> int:
+    """Call a command handler and map its outcome to an exit code and one ``stylekit: error:`` line."""
     try:
-        return int(args.handler(args))
+        return int(handler())
     except InputError as error:
         return _fail(str(error), EXIT_USAGE)
+    except CapabilityUnavailable as error:
+        return _fail(str(error), EXIT_FAILURE)
     except KeyboardInterrupt:
         return _fail("interrupted", EXIT_INTERRUPTED)
+    except SystemExit as exit_:  # a delegated module's own argparse (2 = bad usage) or sys.exit
+        code = (
+            exit_.code if isinstance(exit_.code, int) else (EXIT_OK if exit_.code is None else EXIT_FAILURE)
+        )
+        return code if code in (EXIT_OK, EXIT_USAGE) else EXIT_FAILURE
     except Exception as error:
-        if args.debug:
+        if debug:
             traceback.print_exc()
         return _fail(f"{type(error).__name__}: {error}", EXIT_FAILURE)
 
