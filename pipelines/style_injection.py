@@ -22,6 +22,7 @@ from stylekit.attention.targeting import LayerSpec
 from stylekit.cache import STRATEGIES, InversionCache
 from stylekit.conditioning import Conditioner, ImageLike, StyleCondition, as_condition, attached
 from stylekit.images import fit_to_size, load_image, round_to_factor, to_tensor
+from stylekit.regions import RegionalStyle
 
 
 @dataclass
@@ -125,14 +126,16 @@ class StyleInjectionMixin:
         for index, condition in enumerate(conditions):
             if condition.image is None:
                 raise ValueError(f"style[{index}]: StyleID needs StyleCondition.image (a reference image)")
-            if condition.mask is not None:
-                raise ValueError(f"style[{index}]: masks are not supported by this pipeline yet")
         content_images = [load_image(c, f"content_image[{i}]") for i, c in enumerate(contents)]
         style_images = [load_image(c.image, f"style[{i}].image") for i, c in enumerate(conditions)]
         return content_images, conditions, style_images, layer_names, height, width
 
-    def decode_to_output(self, latents: torch.Tensor, output_type: str) -> Any:
-        """Decode latents with the VAE (fp32 when the VAE asks for upcasting) and post-process."""
+    def decode_to_output(
+        self, latents: torch.Tensor, output_type: str, composite: Callable[..., torch.Tensor] | None = None
+    ) -> Any:
+        """Decode latents with the VAE (fp32 when the VAE asks for upcasting) and post-process.
+        ``composite(images, decode)``, if given, edits the decoded (B, 3, H, W) images in [-1, 1] first
+        (``decode`` maps latents to such images; used for the regional pixel composite)."""
         if output_type == "latent":
             return latents
         vae = self.vae
@@ -141,8 +144,13 @@ class StyleInjectionMixin:
             vae.to(torch.float32)
         try:
             shift = getattr(vae.config, "shift_factor", None) or 0.0
-            scaled = latents.to(vae.dtype) / vae.config.scaling_factor + shift
-            image = vae.decode(scaled, return_dict=False)[0]
+
+            def decode(z: torch.Tensor) -> torch.Tensor:
+                return vae.decode(z.to(vae.dtype) / vae.config.scaling_factor + shift, return_dict=False)[0]
+
+            image = decode(latents)
+            if composite is not None:
+                image = composite(image, decode)
         finally:
             if upcast:
                 vae.to(torch.float16)
@@ -177,7 +185,9 @@ class StyleInjectionMixin:
         Args:
             content_image: one image or a list (path, PIL, HxWxC array, CxHxW tensor in [0, 1]).
             style: one style image / ``StyleCondition`` or a list; ``StyleCondition.steps`` limits the
-                injection to a fraction of the schedule.
+                injection to a fraction of the schedule. When a condition has a ``mask``, each style acts
+                only in its region (None = everywhere), overlaps blend by ``weight``, the rest stays the
+                content, and there is one output per content (``stylekit.regions.RegionalStyle``).
             gamma: query preservation, in [0, 1] (1 keeps the content query).
             temperature: attention temperature T > 0 on injected layers.
             attention_injection / query_preservation / adain: switch each StyleID part (ablations).
@@ -210,6 +220,8 @@ class StyleInjectionMixin:
             output_type,
             cache_strategy,
         )
+        # Masked conditions: one output per content, each style in its region (validated here, before model work).
+        regional = RegionalStyle.from_conditions(conditions, [im.size for im in contents])
         unknown = set(callback_on_step_end_tensor_inputs) - set(self._callback_tensor_inputs)
         if unknown:
             raise ValueError(f"callback_on_step_end_tensor_inputs: unknown names {sorted(unknown)}")
@@ -250,14 +262,15 @@ class StyleInjectionMixin:
             }
             injection.prepare(self, **call)
             call["injection"] = injection
-            for conditioner in conditioners:
+            extra = [regional, *conditioners] if regional is not None else list(conditioners)
+            for conditioner in extra:
                 conditioner.prepare(self, **call)
             latents = injection.start_latents.to(device=device, dtype=dtype)
             timesteps = injection.sampling_timesteps
             self.scheduler.set_timesteps(num_inference_steps, device=device)
             self._num_timesteps = len(timesteps)
             self._interrupt = False
-            all_conditioners = [injection, *conditioners]
+            all_conditioners = [injection, *extra]
             conditioning = self.unet_conditioning(len(rows), dtype, height, width)
             with attached(self, all_conditioners), self.progress_bar(total=len(timesteps)) as bar:
                 for i, t in enumerate(timesteps):
@@ -278,9 +291,13 @@ class StyleInjectionMixin:
                     bar.update()
         finally:
             counter.remove()
-        images = self.decode_to_output(latents, output_type)
+        if regional is not None:
+            latents = regional.select(latents)
+        images = self.decode_to_output(
+            latents, output_type, regional.composite if regional is not None else None
+        )
         self.maybe_free_model_hooks()
-        pairs = [(r.content, r.style) for r in rows]
+        pairs = regional.pairs if regional is not None else [(r.content, r.style) for r in rows]
         if not return_dict:
             return (images,)
         return StyleInjectionPipelineOutput(images=images, pairs=pairs, unet_evals=evals[0])

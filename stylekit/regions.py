@@ -1,15 +1,34 @@
-"""``RegionMask``: keep everything outside a mask as the content, by per-step latent blending.
+"""Regions: masks from users (images, arrays, polygons) and styling confined to them.
 
-After every scheduler step the latents outside the mask are replaced by the content's inversion
-trajectory at the same noise level, so the region outside ends as the content's clean latent (its
-VAE reconstruction) and the inside is whatever the other conditioners made of it. Region-restricted
-attention (each style attending only within its region) builds on this in the regional-styling work.
+Masks:
+
+- ``mask_array`` reads any mask source into a bool (H, W) array at its own size: a path or PIL image (the
+  alpha channel when the image has a non-opaque one, else its luminance), an array/tensor (bool; integers
+  scaled by their dtype's maximum, so uint8 255 and uint16 65535 are 1.0; floats taken as they are, [0, 1]
+  expected; H x W x C arrays use the mean of their first three channels). A pixel is in the region when
+  its value is ``>= threshold`` (default ``MASK_THRESHOLD`` = 0.5 of the full range).
+- ``Polygon``: a region drawn as ``(x, y)`` vertices.
+- ``fit_mask`` brings a mask to the output size with the same geometry as the content image (resize to
+  cover, centre crop: ``stylekit.images.fit_to_size``), so a mask drawn on the original content lines up.
+- ``feather_mask`` softens the edge *inward* (erode by r, then box-blur by r): the soft ramp lies inside
+  the region and nothing outside it changes. Parts thinner than 2r vanish.
+- ``load_mask`` = the three above; ``load_masks`` gives frame-indexed masks (F, H, W) for videos.
+
+Conditioners:
+
+- ``RegionMask``: keeps everything outside one mask as the content by per-step latent blending with the
+  content's inversion trajectory.
+- ``RegionalStyle``: several styles, each in its own region of one output per content (what the StyleID
+  pipelines build from ``StyleCondition.mask``). Design in ``docs/regions.md``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import warnings
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,45 +36,236 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from stylekit.conditioning import ConditionerBase, ImageLike
+from stylekit.conditioning import ConditionerBase, ImageLike, StyleCondition
+from stylekit.images import fit_to_size
+
+MASK_THRESHOLD = 0.5
+"""Default binarisation threshold, as a fraction of the mask's full range."""
+ASPECT_TOLERANCE = 0.02
+"""A mask whose aspect ratio differs from its content image's by more than this (relative) is refused."""
+
+
+@dataclass(frozen=True)
+class Polygon:
+    """A polygonal region.
+
+    Attributes:
+        points: ``(x, y)`` vertices (at least 3).
+        size: ``(width, height)`` of the image the vertices refer to (pixels); None = the vertices are
+            fractions of the output's width and height, in [0, 1].
+    """
+
+    points: tuple[tuple[float, float], ...]
+    size: tuple[int, int] | None = None
+
+    def __post_init__(self) -> None:
+        points = np.asarray(self.points, dtype=np.float64)
+        if points.ndim != 2 or points.shape[1] != 2 or len(points) < 3 or not np.isfinite(points).all():
+            raise ValueError(
+                f"Polygon.points: expected at least 3 finite (x, y) vertices, got {self.points!r}"
+            )
+        object.__setattr__(self, "points", tuple(map(tuple, points.tolist())))
+        if self.size is not None:
+            if len(self.size) != 2 or min(int(v) for v in self.size) < 1:
+                raise ValueError(f"Polygon.size: expected (width, height) >= 1, got {self.size!r}")
+            object.__setattr__(self, "size", (int(self.size[0]), int(self.size[1])))
+
+    def rasterize(self, height: int, width: int) -> np.ndarray:
+        """bool (height, width): pixels whose centre lies inside the polygon (even-odd rule; vertices
+        scaled from ``size`` or from fractions; pixel ``(row i, col j)`` spans ``[j, j+1) x [i, i+1)``)."""
+        ref_w, ref_h = self.size if self.size is not None else (1.0, 1.0)
+        vertices = np.asarray(self.points) * np.array([width / ref_w, height / ref_h])
+        y, x = np.mgrid[0:height, 0:width] + 0.5
+        inside = np.zeros((height, width), dtype=bool)
+        for (x0, y0), (x1, y1) in zip(vertices, np.roll(vertices, -1, axis=0), strict=True):
+            if y0 == y1:
+                continue
+            crosses = (y0 <= y) != (y1 <= y)
+            inside ^= crosses & (x < x0 + (y - y0) * (x1 - x0) / (y1 - y0))
+        return inside
+
+
+MaskSource = ImageLike | Polygon
+
+
+@dataclass(frozen=True)
+class MaskSpec:
+    """A mask with its own settings, usable wherever a mask is (e.g. ``StyleCondition(mask=MaskSpec(m, 4))``).
+
+    Attributes:
+        source: the mask (any ``frame_sources`` input).
+        feather: inward edge softening in output pixels (>= 0).
+        threshold: binarisation threshold, a fraction of the mask's range in (0, 1].
+    """
+
+    source: Any
+    feather: int = 0
+    threshold: float = MASK_THRESHOLD
+
+    def __post_init__(self) -> None:
+        if isinstance(self.feather, bool) or not isinstance(self.feather, int) or self.feather < 0:
+            raise ValueError(f"MaskSpec.feather: expected an integer >= 0, got {self.feather!r}")
+        if not 0.0 < float(self.threshold) <= 1.0:
+            raise ValueError(f"MaskSpec.threshold: expected a number in (0, 1], got {self.threshold}")
+
+
+def _unit_range(array: np.ndarray) -> np.ndarray:
+    if array.dtype == bool:
+        return array.astype(np.float32)
+    if np.issubdtype(array.dtype, np.integer):
+        return array.astype(np.float32) / float(np.iinfo(array.dtype).max)
+    return array.astype(np.float32)
+
+
+def _image_values(image: Image.Image) -> np.ndarray:
+    if "A" in image.getbands() or "transparency" in image.info:
+        alpha = np.asarray(image.convert("RGBA").getchannel("A"))
+        if alpha.min() < 255:
+            return alpha.astype(np.float32) / 255.0
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        return np.asarray(image, dtype=np.float32) / 65535.0
+    if image.mode == "F":
+        return np.asarray(image, dtype=np.float32)
+    return np.asarray(image.convert("L"), dtype=np.float32) / 255.0
+
+
+def mask_array(mask: MaskSource, threshold: float = MASK_THRESHOLD, argument: str = "mask") -> np.ndarray:
+    """Any 2-D mask source -> bool (H, W) at its own size (see the module docstring for the modes).
+
+    Polygons need an output size: use ``fit_mask``. Raises ValueError/TypeError naming ``argument``.
+    """
+    if not 0.0 < float(threshold) <= 1.0:
+        raise ValueError(f"threshold: expected a number in (0, 1], got {threshold}")
+    if isinstance(mask, Polygon):
+        if mask.size is None:
+            raise ValueError(f"{argument}: a Polygon in fractions needs an output size (use fit_mask)")
+        return mask.rasterize(mask.size[1], mask.size[0])
+    if isinstance(mask, (str, Path)):
+        if not Path(mask).is_file():
+            raise FileNotFoundError(f"{argument}: no such mask file: {mask}")
+        with Image.open(mask) as opened:
+            values = _image_values(opened)
+    elif isinstance(mask, Image.Image):
+        values = _image_values(mask)
+    elif isinstance(mask, (np.ndarray, torch.Tensor, list, tuple)):
+        array = mask.detach().cpu().numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask)
+        if array.dtype == object or not (array.dtype == bool or np.issubdtype(array.dtype, np.number)):
+            raise TypeError(f"{argument}: expected a numeric or bool array, got dtype {array.dtype}")
+        values = _unit_range(array)
+    else:
+        raise TypeError(
+            f"{argument}: expected a path, PIL image, array, tensor or Polygon, got {type(mask).__name__}"
+        )
+    values = np.squeeze(values)
+    if values.ndim == 3 and values.shape[-1] in (3, 4):
+        values = values[..., :3].mean(axis=-1)
+    if values.ndim != 2 or 0 in values.shape:
+        raise ValueError(f"{argument}: expected a 2-D (H, W) mask, got shape {values.shape}")
+    if not np.isfinite(values).all():
+        raise ValueError(f"{argument}: the mask contains NaN or infinite values")
+    return values >= threshold
+
+
+def fit_mask(
+    mask: MaskSource | np.ndarray, height: int, width: int, threshold: float = MASK_THRESHOLD
+) -> torch.Tensor:
+    """A mask at ``height`` x ``width`` as a float {0, 1} tensor, fitted like the content image
+    (resize to cover with LANCZOS, centre crop, re-binarised at half range)."""
+    if isinstance(mask, Polygon) and mask.size is None:
+        return torch.from_numpy(mask.rasterize(height, width).astype(np.float32))
+    binary = mask_array(mask, threshold)
+    if binary.shape != (height, width):
+        fitted = fit_to_size(Image.fromarray(binary.astype(np.uint8) * 255), width, height)
+        binary = np.asarray(fitted) >= 128
+    return torch.from_numpy(binary.astype(np.float32))
+
+
+def feather_mask(mask: torch.Tensor, radius: int) -> torch.Tensor:
+    """Soften a {0, 1} mask's edge inward over ``radius`` pixels: erode by ``radius``, then box-blur by
+    ``radius``. Shape (..., H, W) kept; values in [0, 1]; zero wherever ``mask`` is zero."""
+    if radius < 0:
+        raise ValueError(f"feather: expected an integer >= 0, got {radius}")
+    if radius == 0:
+        return mask
+    shape = mask.shape
+    x = mask.reshape(-1, 1, *shape[-2:]).float()
+    kernel = 2 * radius + 1
+    eroded = -F.max_pool2d(-x, kernel, stride=1, padding=radius)
+    soft = F.avg_pool2d(F.pad(eroded, [radius] * 4, mode="replicate"), kernel, stride=1)
+    return (soft * x).reshape(shape)
 
 
 def load_mask(
-    mask: ImageLike, height: int, width: int, threshold: float = 0.5, feather: int = 0
+    mask: MaskSource, height: int, width: int, threshold: float = MASK_THRESHOLD, feather: int = 0
 ) -> torch.Tensor:
-    """A mask as a (height, width) float tensor in [0, 1].
+    """A mask as a (height, width) float tensor in [0, 1]: ``mask_array`` -> ``fit_mask`` ->
+    ``feather_mask`` (``feather`` in output pixels)."""
+    return feather_mask(fit_mask(mask, height, width, threshold), feather)
 
-    Any size (resized, nearest), any mode: images are converted to grayscale and binarised at
-    ``threshold`` of their range; arrays/tensors with values in [0, 1] or bool are binarised the same
-    way. ``feather`` > 0 blurs the edge with a box filter of that radius (pixels) for a soft seam.
+
+def frame_sources(masks: Any, argument: str = "mask") -> list[MaskSource]:
+    """Split a mask input into per-frame sources: a list of masks (paths, images, arrays, Polygons), a 3-D
+    (F, H, W) array/tensor (3-D arrays with a last axis of 1, 3 or 4 are one H x W x C mask), or one 2-D
+    mask (one frame; a nested list of numbers is one 2-D mask)."""
+    if masks is None:
+        raise ValueError(f"{argument}: expected a mask, got None")
+    frame_types = (str, Path, Image.Image, np.ndarray, torch.Tensor, Polygon)
+    if isinstance(masks, (list, tuple)):
+        if not masks:
+            raise ValueError(f"{argument}: expected at least one mask, got an empty list")
+        return list(masks) if all(isinstance(m, frame_types) for m in masks) else [masks]
+    if isinstance(masks, (np.ndarray, torch.Tensor)) and masks.ndim == 3 and masks.shape[-1] not in (1, 3, 4):
+        return list(masks)
+    return [masks]
+
+
+def load_masks(
+    masks: Any,
+    n_frames: int,
+    height: int,
+    width: int,
+    threshold: float = MASK_THRESHOLD,
+    feather: int = 0,
+    argument: str = "mask",
+) -> torch.Tensor:
+    """Frame-indexed masks: (n_frames, height, width) float in [0, 1].
+
+    ``masks`` is one mask (used for every frame), a list of ``n_frames`` masks, or an (F, H, W)
+    array/tensor with ``F == n_frames``; anything else raises ValueError naming both counts.
     """
-    if isinstance(mask, (str, Image.Image)) or hasattr(mask, "__fspath__"):
-        image = Image.open(mask) if not isinstance(mask, Image.Image) else mask
-        array = np.asarray(image.convert("L"), dtype=np.float32) / 255.0
-    elif isinstance(mask, torch.Tensor):
-        array = mask.detach().cpu().float().numpy()
-    else:
-        array = np.asarray(mask, dtype=np.float32)
-    array = np.squeeze(array)
-    if array.ndim != 2 or 0 in array.shape:
-        raise ValueError(f"mask: expected a 2-D (H, W) mask, got shape {array.shape}")
-    binary = torch.from_numpy((array >= threshold).astype(np.float32))[None, None]
-    resized = F.interpolate(binary, size=(height, width), mode="nearest")
-    if feather > 0:
-        kernel = 2 * feather + 1
-        resized = F.avg_pool2d(F.pad(resized, [feather] * 4, mode="replicate"), kernel, stride=1)
-    return resized[0, 0]
+    sources = frame_sources(masks, argument)
+    if len(sources) == 1:
+        return load_mask(sources[0], height, width, threshold, feather)[None].expand(n_frames, -1, -1).clone()
+    if len(sources) != n_frames:
+        raise ValueError(f"{argument}: got masks for {len(sources)} frames, but there are {n_frames} frames")
+    return torch.stack([load_mask(s, height, width, threshold, feather) for s in sources])
+
+
+# --------------------------------------------------------------------------------------------------
+# conditioners
+
+
+def _content_latent(
+    trajectory: tuple[torch.Tensor, torch.Tensor], timestep: int | None
+) -> torch.Tensor | None:
+    """The content's inverted latent at ``timestep`` (None = clean: the trajectory's first entry);
+    None when the timestep is not on the trajectory."""
+    timesteps, latents = trajectory
+    if timestep is None:
+        return latents[0]
+    index = (timesteps == timestep).nonzero()
+    return latents[int(index[0])] if len(index) else None
 
 
 class RegionMask(ConditionerBase):
     """Confine the other conditioners' effect to ``mask`` (1 = styled, 0 = content kept).
 
     Args:
-        mask: HxW mask (image/array/tensor/path) at any size.
-        feather: edge softening radius in latent pixels.
+        mask: HxW mask (image/array/tensor/path/Polygon) at any size.
+        feather: edge softening radius in latent pixels (inward, see ``feather_mask``).
     """
 
-    def __init__(self, mask: ImageLike, feather: int = 0) -> None:
+    def __init__(self, mask: MaskSource, feather: int = 0) -> None:
         self.mask_source = mask
         self.feather = feather
         self._latent_mask: torch.Tensor | None = None
@@ -73,18 +283,246 @@ class RegionMask(ConditionerBase):
         timesteps = [int(t) for t in injection.sampling_timesteps]
         self._next_timestep = [*timesteps[1:], None]
 
-    @contextmanager
-    def attach(self, pipe: Any) -> Iterator[None]:
-        yield
-
     def on_step_end(self, step_index: int, timestep: int, latents: torch.Tensor) -> torch.Tensor:
         assert self._latent_mask is not None, "call prepare() first"
         target = self._next_timestep[step_index]
-        kept = []
-        for timesteps, trajectory in self._trajectories:
-            # After the last step the latents are clean: the trajectory's first entry is the clean latent.
-            index = 0 if target is None else int((timesteps == target).nonzero()[0])
-            kept.append(trajectory[index])
-        content = torch.stack(kept).to(latents)
+        content = torch.stack([_content_latent(tr, target) for tr in self._trajectories]).to(latents)  # type: ignore[misc]
         mask = self._latent_mask.to(latents)
         return mask * latents + (1 - mask) * content
+
+
+class RegionalStyle(ConditionerBase):
+    """Each style in its own region of one output per content; outside every region, the content.
+
+    The StyleID pipeline runs one batch row per (content, style). This conditioner
+    (1) restricts each row's injected attention to its region's tokens at every targeted layer
+    (``InjectionController.token_masks``), and (2) after every step gives all rows of a content the same
+    blended latent ``z = sum_k A_k z_k + (1 - sum_k A_k) z_content(t)``, where ``A_k = w_k m_k`` (soft
+    latent-resolution mask times weight; renormalised where the regions overlap by more than 1) and
+    ``z_content(t)`` is the content's inversion trajectory at the next timestep (its clean latent after the
+    last step). ``select`` then keeps one row per content.
+
+    Args:
+        masks: per style, a mask (any ``frame_sources`` input: one 2-D mask, or frame-indexed masks with one
+            frame per content image; or a ``MaskSpec`` carrying its own feather/threshold) or None (= the
+            whole image).
+        weights: per style, in [0, 1] (default 1).
+        feather: inward edge softening in output pixels (for masks that are not a ``MaskSpec``).
+        threshold: binarisation threshold (fraction of the mask's range; likewise).
+        restrict_attention: restrict the injection to each region's tokens (else latent blending only).
+        composite: after decoding, paste the content's VAE reconstruction outside the union of the regions
+            (``alpha * styled + (1 - alpha) * content``, alpha = the feathered union; the VAE decoder mixes
+            pixels across the whole image, so without this the outside drifts slightly).
+        latent_dilation: with ``composite``, the latent-space region (blending and attention) is every
+            latent cell the region touches, grown by this many cells, at full strength: the inside gets the
+            whole-image transfer's strength and the pixel composite (feathered) makes the seam. 0 = area
+            coverage of each cell (soft, weaker for small regions).
+    """
+
+    def __init__(
+        self,
+        masks: Sequence[Any],
+        weights: Sequence[float] | None = None,
+        feather: int = 0,
+        threshold: float = MASK_THRESHOLD,
+        restrict_attention: bool = True,
+        composite: bool = True,
+        latent_dilation: int = 1,
+    ) -> None:
+        masks = list(masks)
+        if not masks:
+            raise ValueError("masks: expected one mask (or None) per style")
+        weights = [1.0] * len(masks) if weights is None else [float(w) for w in weights]
+        if len(weights) != len(masks):
+            raise ValueError(f"weights: expected {len(masks)} weights (one per mask), got {len(weights)}")
+        if any(not 0.0 <= w <= 1.0 for w in weights):
+            raise ValueError(f"weights: expected numbers in [0, 1], got {weights}")
+        if isinstance(feather, bool) or not isinstance(feather, int) or feather < 0:
+            raise ValueError(f"feather: expected an integer >= 0, got {feather!r}")
+        self.weights = weights
+        self.feather = feather
+        self.threshold = threshold
+        self.restrict_attention = restrict_attention
+        self.composite_pixels = composite
+        self.latent_dilation = latent_dilation
+        # Decode every mask now: bad masks fail before any model work.
+        self.sources: list[list[np.ndarray | Polygon] | None] = []
+        self.feathers: list[int] = []
+        for index, mask in enumerate(masks):
+            spec = mask if isinstance(mask, MaskSpec) else MaskSpec(mask, feather, threshold)
+            self.feathers.append(spec.feather)
+            if spec.source is None:
+                self.sources.append(None)
+                continue
+            frames = frame_sources(spec.source, f"mask[{index}]")
+            self.sources.append(
+                [
+                    f
+                    if isinstance(f, Polygon) and f.size is None
+                    else mask_array(f, spec.threshold, f"mask[{index}]")
+                    for f in frames
+                ]
+            )
+        empty = [i for i, s in enumerate(self.sources) if s is not None and not any(_any(f) for f in s)]
+        if empty:
+            warnings.warn(
+                f"mask {empty} is empty: that style has no region (the content is kept there)", stacklevel=2
+            )
+        self._injection: Any = None
+        self._groups: list[list[int]] = []
+        self._blend: torch.Tensor | None = None
+        self._rest: torch.Tensor | None = None
+        self._row_masks: torch.Tensor | None = None
+        self._trajectories: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._next_timestep: list[int | None] = []
+        self._alpha: torch.Tensor | None = None
+
+    @classmethod
+    def from_conditions(
+        cls,
+        conditions: Sequence[StyleCondition],
+        content_sizes: Sequence[tuple[int, int]] = (),
+        **kwargs: Any,
+    ) -> RegionalStyle | None:
+        """The regional conditioner for ``conditions`` (their ``mask`` and ``weight``), or None when no
+        condition has a mask. ``content_sizes`` ((width, height) per content image) are checked against
+        the masks (frame count, aspect ratio) before any model work."""
+        if all(c.mask is None for c in conditions):
+            return None
+        regional = cls([c.mask for c in conditions], [c.weight for c in conditions], **kwargs)
+        if content_sizes:
+            regional.check_contents(content_sizes)
+        return regional
+
+    def check_contents(self, sizes: Sequence[tuple[int, int]]) -> None:
+        """Refuse masks that cannot belong to these content images ((width, height) each): a frame count
+        other than 1 or the number of contents, or an aspect ratio off by more than ``ASPECT_TOLERANCE``."""
+        for index, frames in enumerate(self.sources):
+            if frames is None:
+                continue
+            if len(frames) not in (1, len(sizes)):
+                raise ValueError(
+                    f"style[{index}].mask: got masks for {len(frames)} frames, but there are {len(sizes)} "
+                    "content images (give one mask, or one per content image / video frame)"
+                )
+            pairs = zip(frames, sizes, strict=True) if len(frames) > 1 else ((frames[0], s) for s in sizes)
+            for frame, (width, height) in pairs:
+                if isinstance(frame, Polygon):
+                    continue
+                mask_aspect, content_aspect = frame.shape[1] / frame.shape[0], width / height
+                if abs(mask_aspect / content_aspect - 1) > ASPECT_TOLERANCE:
+                    raise ValueError(
+                        f"style[{index}].mask: a {frame.shape[1]}x{frame.shape[0]} mask does not fit a "
+                        f"{width}x{height} content image (different aspect ratio); draw it on the content"
+                    )
+
+    def pixel_masks(self, n_contents: int, height: int, width: int) -> torch.Tensor:
+        """(styles, contents, height, width) float masks in [0, 1] at the output size (feathered)."""
+        out = torch.ones(len(self.sources), n_contents, height, width)
+        for index, frames in enumerate(self.sources):
+            if frames is None:
+                continue
+            if len(frames) not in (1, n_contents):
+                raise ValueError(
+                    f"style[{index}].mask: got {len(frames)} frame masks for {n_contents} contents"
+                )
+            fitted = torch.stack([fit_mask(f, height, width) for f in frames])
+            out[index] = feather_mask(fitted, self.feathers[index]).expand(n_contents, -1, -1)
+        return out
+
+    def prepare(self, pipe: Any, **call: Any) -> None:
+        injection = call.get("injection")
+        if injection is None or injection.start_latents is None:
+            raise ValueError("RegionalStyle needs the content's inversion (use it with a StyleID pipeline)")
+        contents, rows = call["contents"], list(injection.rows)
+        if max(r.style for r in rows) >= len(self.sources):
+            raise ValueError(f"RegionalStyle has {len(self.sources)} masks, the call has more styles")
+        start = injection.start_latents
+        latent_h, latent_w = int(start.shape[-2]), int(start.shape[-1])
+        pixels = self.pixel_masks(int(contents.shape[0]), int(contents.shape[-2]), int(contents.shape[-1]))
+        latent = F.adaptive_avg_pool2d(pixels, (latent_h, latent_w))  # coverage of each latent cell
+        if self.latent_dilation > 0 and self.composite_pixels:
+            # The pixel composite restores the outside exactly, so the latent region may be generous: every
+            # cell within ``latent_dilation`` cells of the region is styled at full strength.
+            size = 2 * self.latent_dilation + 1
+            latent = F.max_pool2d(latent, size, stride=1, padding=self.latent_dilation)
+            latent = (latent > 0).to(latent.dtype)
+        row_masks = torch.stack([latent[r.style, r.content] for r in rows]).to(start.device)
+        amounts = row_masks * torch.tensor([self.weights[r.style] for r in rows], device=start.device).view(
+            -1, 1, 1
+        )
+        self._groups = [
+            [i for i, r in enumerate(rows) if r.content == c] for c in sorted({r.content for r in rows})
+        ]
+        blend = torch.zeros_like(amounts)
+        rest = []
+        for group in self._groups:
+            total = amounts[group].sum(0)
+            scale = torch.where(total > 1, 1 / total.clamp_min(1e-12), torch.ones_like(total))
+            blend[group] = amounts[group] * scale
+            rest.append(1 - blend[group].sum(0))
+        self._blend, self._rest = blend[:, None], torch.stack(rest)[:, None]
+        self._row_masks = None if (row_masks == 1).all() or not self.restrict_attention else row_masks
+        self._injection = injection
+        self._trajectories = [injection.content_trajectory(rows[g[0]].content) for g in self._groups]
+        timesteps = [int(t) for t in injection.sampling_timesteps]
+        self._next_timestep = [*timesteps[1:], None]
+        active = torch.tensor([float(w > 0) for w in self.weights]).view(-1, 1, 1, 1)
+        self._alpha = (pixels * active).sum(0).clamp(0, 1)[:, None]  # (contents, 1, H, W): regions' union
+        # One start latent per content: the rows' (AdaIN'd) starts blended like every later step.
+        first = timesteps[0]
+        blended = start.clone()
+        for g, group in enumerate(self._groups):
+            content = _content_latent(self._trajectories[g], first)
+            content = start[group[0]] if content is None else content.to(start)
+            blended[group] = self._mix(start, group, g, content)
+        injection.start_latents = blended
+
+    def _mix(self, latents: torch.Tensor, group: list[int], g: int, content: torch.Tensor) -> torch.Tensor:
+        assert self._blend is not None and self._rest is not None
+        blend = self._blend[group].to(latents)
+        return (blend * latents[group]).sum(0) + self._rest[g].to(latents) * content.to(latents)
+
+    @contextmanager
+    def attach(self, pipe: Any) -> Iterator[None]:
+        assert self._injection is not None, "call prepare() before attach()"
+        controller = self._injection.controller
+        previous = controller.token_masks
+        controller.token_masks = self._row_masks
+        try:
+            yield
+        finally:
+            controller.token_masks = previous
+
+    def on_step_end(self, step_index: int, timestep: int, latents: torch.Tensor) -> torch.Tensor:
+        target = self._next_timestep[step_index]
+        out = latents.clone()
+        for g, group in enumerate(self._groups):
+            content = _content_latent(self._trajectories[g], target)
+            if content is None:
+                raise KeyError(f"timestep {target} is not on the content's inverted trajectory")
+            out[group] = self._mix(latents, group, g, content)
+        return out
+
+    def select(self, latents: torch.Tensor) -> torch.Tensor:
+        """One latent per content (rows of a content are identical after every step)."""
+        return latents[[group[0] for group in self._groups]]
+
+    def composite(self, images: torch.Tensor, decode: Any) -> torch.Tensor:
+        """Pixel composite of the decoded outputs (C, 3, H, W) in [-1, 1] with the content's
+        reconstruction ``decode(clean content latents)`` outside the regions (see ``composite``)."""
+        if not self.composite_pixels or self._alpha is None or bool((self._alpha == 1).all()):
+            return images
+        clean = torch.stack([_content_latent(tr, None) for tr in self._trajectories])  # type: ignore[misc]
+        content = decode(clean.to(images.device)).to(images)
+        alpha = self._alpha.to(images)
+        return alpha * images + (1 - alpha) * content
+
+    @property
+    def pairs(self) -> list[tuple[int, int]]:
+        """``(content_index, -1)`` per output: -1 = all styles, each in its region."""
+        return [(g, -1) for g in range(len(self._groups))]
+
+
+def _any(frame: np.ndarray | Polygon) -> bool:
+    return True if isinstance(frame, Polygon) else bool(frame.any())

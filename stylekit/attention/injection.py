@@ -115,6 +115,10 @@ class InjectionController:
         self.live_refs = 0
         self.live_pairs: list[tuple[int, int]] = []
         self.row_active: list[bool] | None = None
+        # Optional (rows, h, w) masks in [0, 1] at latent resolution (stylized rows only): a row's injected
+        # attention output is kept on its mask's tokens and replaced by the layer's plain self-attention
+        # elsewhere (region-restricted injection; set by ``stylekit.regions.RegionalStyle``).
+        self.token_masks: torch.Tensor | None = None
 
     @property
     def injecting(self) -> bool:
@@ -171,6 +175,25 @@ class InjectionController:
             active = torch.tensor(self.row_active, device=q.device).view(-1, 1, 1)
             q, k, v = (torch.where(active, new, old) for new, old in zip((q, k, v), own, strict=True))
         return q, k, v
+
+
+def token_mask(masks: torch.Tensor, tokens: int) -> torch.Tensor:
+    """(rows, h, w) latent-resolution masks -> (rows, tokens, 1) for a layer with ``tokens`` positions.
+
+    The layer's grid is the latent grid halved (rounding up, like the UNet's stride-2 convolutions) until
+    it has ``tokens`` cells; masks are area-averaged onto it, so values stay in [0, 1].
+    """
+    height, width = int(masks.shape[-2]), int(masks.shape[-1])
+    while height * width > tokens:
+        height, width = (height + 1) // 2, (width + 1) // 2
+    if height * width != tokens:
+        raise ValueError(
+            f"cannot map a {tuple(masks.shape[-2:])} latent mask onto a layer of {tokens} tokens"
+        )
+    level = masks[:, None].float()
+    if (height, width) != tuple(masks.shape[-2:]):
+        level = F.adaptive_avg_pool2d(level, (height, width))
+    return level.flatten(1)[..., None]
 
 
 def attention(
@@ -239,6 +262,12 @@ class StyleInjectionProcessor:
             values = torch.cat([value[:refs], v_gen])
 
         hidden_states = self._attend(attn, queries, keys, values)
+        if ctrl.token_masks is not None and ctrl.mode in ("inject", "live"):
+            refs = ctrl.live_refs if ctrl.mode == "live" else 0
+            plain = self._attend(attn, query[refs:], key[refs:], value[refs:])
+            keep = token_mask(ctrl.token_masks, plain.shape[1]).to(plain.dtype)
+            restricted = keep * hidden_states[refs:] + (1 - keep) * plain
+            hidden_states = torch.cat([hidden_states[:refs], restricted]) if refs else restricted
         hidden_states = attn.to_out[0](hidden_states)
         hidden_states = attn.to_out[1](hidden_states)
         if input_ndim == 4:
