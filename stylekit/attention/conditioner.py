@@ -64,6 +64,7 @@ class AttentionInjection(ConditionerBase):
             live from reference rows in the same batch).
         official_timing: reproduce the official start-latent/timestep quirk.
         cache: an ``InversionCache`` (None: no reuse across calls).
+        inversion_batch: images inverted per UNet batch (default ``INVERSION_BATCH``).
     """
 
     def __init__(
@@ -74,6 +75,7 @@ class AttentionInjection(ConditionerBase):
         strategy: str = "features",
         official_timing: bool = False,
         cache: InversionCache | None = None,
+        inversion_batch: int = INVERSION_BATCH,
     ) -> None:
         if strategy not in STRATEGIES:
             raise ValueError(f"cache_strategy must be one of {STRATEGIES}, got {strategy!r}")
@@ -83,6 +85,7 @@ class AttentionInjection(ConditionerBase):
         self.strategy = strategy
         self.official_timing = official_timing
         self.cache = cache
+        self.inversion_batch = max(1, int(inversion_batch))
         self.controller: InjectionController | None = None
         self.rows: list[Row] = []
         self.start_latents: torch.Tensor | None = None
@@ -151,8 +154,8 @@ class AttentionInjection(ConditionerBase):
                 entries[digest] = cached
             else:
                 missing.append(digest)
-        for start in range(0, len(missing), INVERSION_BATCH):
-            chunk = missing[start : start + INVERSION_BATCH]
+        for start in range(0, len(missing), self.inversion_batch):
+            chunk = missing[start : start + self.inversion_batch]
             computed = self._invert(pipe, [jobs[d] for d in chunk], chunk, num_inference_steps)
             for digest in chunk:
                 entries[digest] = computed[digest]

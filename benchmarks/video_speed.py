@@ -1,0 +1,190 @@
+"""Speed and memory of video style transfer; prints one JSON line.
+
+Usage: ``python benchmarks/video_speed.py [--model tiny-sd] [--frames 8] [--steps 10] [--size 64]
+[--window 8] [--repeats 2] [--memory-size 128] [--threads 1]``
+
+- ``fps_ratio``: frames/s of ``VideoStyleTransferPipeline`` (StyleID + cross-frame attention + a motion
+  adapter, style inversion cached as in any repeated use) / frames/s of stock diffusers
+  ``AnimateDiffVideoToVideoPipeline`` with its default guidance (7.5, so two UNet rows per frame) and
+  ``enforce_inference_steps=True`` (exactly ``--steps`` denoising steps), on the same components (a tiny
+  random ``MotionAdapter`` built for the model's UNet), frames, steps and resolution, in one run; best of
+  ``--repeats`` after a warm-up. ``fps_ratio_no_cfg`` compares with the stock pipeline at guidance 1.
+- ``memory_ratio_4x_window``: peak resident-memory growth during a call on a video 4x the window length /
+  the same on a video of one window (each in a fresh subprocess, RSS sampled every 2 ms; frames streamed
+  to a file, so what grows with the length is only the returned frames).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import numpy as np
+import torch
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def build(model: str, seed: int = 0):
+    """(VideoStyleTransferPipeline, stock AnimateDiffVideoToVideoPipeline, motion adapter) on shared components."""
+    from diffusers import AnimateDiffVideoToVideoPipeline
+
+    from stylekit import load_pipeline
+    from stylekit.pipelines import VideoStyleTransferPipeline
+    from stylekit.video_models import motion_unet, tiny_motion_adapter
+
+    base = load_pipeline(model)
+    adapter = tiny_motion_adapter(base.unet, seed=seed)
+    ours = VideoStyleTransferPipeline.from_pipe(base, motion_adapter=adapter)
+    stock = AnimateDiffVideoToVideoPipeline(
+        base.vae, base.text_encoder, base.tokenizer, motion_unet(base.unet, adapter), adapter, base.scheduler
+    )
+    for pipe in (ours, stock):
+        pipe.set_progress_bar_config(disable=True)
+    return ours, stock, adapter
+
+
+def clip(frames: int, size: int, seed: int = 0) -> np.ndarray:
+    from stylekit.data import sample_video
+
+    return sample_video(np.random.default_rng(seed), frames, size).frames
+
+
+def measure_memory(model: str, frames: int, window: int, size: int, steps: int) -> int:
+    """Peak RSS growth (bytes) of one streamed call (run in a fresh process)."""
+    ours, _, _ = build(model)
+    video = clip(frames, size)
+    style = clip(2, size, seed=1)[0]
+    baseline = _rss()
+    peak = [baseline]
+    done = threading.Event()
+
+    def poll() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], _rss())
+            time.sleep(0.002)
+
+    thread = threading.Thread(target=poll, daemon=True)
+    thread.start()
+    with tempfile.TemporaryDirectory() as folder:
+        ours(
+            video,
+            style,
+            num_inference_steps=steps,
+            height=size,
+            width=size,
+            window_size=window,
+            window_overlap=window // 4,
+            output_type="np",
+            output_path=os.path.join(folder, "out.mp4"),
+        )
+    done.set()
+    thread.join()
+    return peak[0] - baseline
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="tiny-sd")
+    parser.add_argument("--frames", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--window", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--memory-size", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--measure-memory", type=int, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.measure_memory is not None:
+        print(measure_memory(args.model, args.measure_memory, args.window, args.memory_size, args.steps))
+        return 0
+
+    from PIL import Image
+
+    ours, stock, adapter = build(args.model)
+    video = clip(args.frames, args.size)
+    style = clip(2, args.size, seed=1)[0]
+    frames_pil = [Image.fromarray(f) for f in video]
+
+    rows: dict[str, object] = {}
+
+    def run_ours() -> None:
+        rows["ours"] = ours(
+            video,
+            style,
+            num_inference_steps=args.steps,
+            height=args.size,
+            width=args.size,
+            window_size=args.window,
+            output_type="np",
+        )
+
+    def run_stock(guidance: float) -> None:
+        stock(
+            video=frames_pil,
+            prompt="",
+            num_inference_steps=args.steps,
+            guidance_scale=guidance,
+            enforce_inference_steps=True,
+            height=args.size,
+            width=args.size,
+            output_type="np",
+            generator=torch.Generator().manual_seed(0),
+        )
+
+    def best(fn) -> float:
+        fn()  # warm-up (and, for ours, the style's inversion into the cache)
+        times = []
+        for _ in range(args.repeats):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        return args.frames / min(times)
+
+    fps_ours = best(run_ours)
+    fps_stock = best(lambda: run_stock(7.5))
+    fps_stock_no_cfg = best(lambda: run_stock(1.0))
+
+    def memory(frames: int) -> int:
+        command = [sys.executable, __file__, "--model", args.model, "--window", str(args.window), "--steps", str(args.steps),
+                   "--memory-size", str(args.memory_size), "--threads", str(args.threads), "--measure-memory", str(frames)]  # fmt: skip
+        result = subprocess.run(command, capture_output=True, text=True, check=True)
+        return int(result.stdout.strip().splitlines()[-1])
+
+    memory_1x = memory(args.window)
+    memory_4x = memory(4 * args.window)
+    line = {
+        "benchmark": "video_speed",
+        "model": args.model,
+        "frames": args.frames,
+        "steps": args.steps,
+        "size": args.size,
+        "window": args.window,
+        "fps": round(fps_ours, 3),
+        "fps_stock": round(fps_stock, 3),
+        "fps_stock_no_cfg": round(fps_stock_no_cfg, 3),
+        "fps_ratio": round(fps_ours / fps_stock, 3),
+        "fps_ratio_no_cfg": round(fps_ours / fps_stock_no_cfg, 3),
+        "unet_rows_per_frame": round(rows["ours"].unet_evals / args.frames, 2),
+        "unet_rows_per_frame_stock": 2 * args.steps,
+        "memory_size": args.memory_size,
+        "memory_1x_window_mb": round(memory_1x / 2**20, 1),
+        "memory_4x_window_mb": round(memory_4x / 2**20, 1),
+        "memory_ratio_4x_window": round(memory_4x / max(memory_1x, 1), 3),
+    }
+    print(json.dumps(line))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

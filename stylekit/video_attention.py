@@ -1,0 +1,251 @@
+"""Cross-frame attention: each frame's self-attention also attends to anchor frames' keys and values.
+
+For frame ``f`` of a window on a targeted self-attention layer (Rerender-A-Video / Pix2Video style)::
+
+    K_f' = [K_f ; K_first ; K_{f-1}],  V_f' = [V_f ; V_first ; V_{f-1}]
+    out_f = softmax(Q_f K_f'^T / sqrt(d)) V_f'
+
+``first`` is the video's frame 0. In the window that holds it, its K/V come from the same batch and are
+stored per (layer, step); later windows read them from that store, so memory is bounded by one frame,
+not by the video. ``f - 1`` is the previous frame in the window (the window's first frame uses itself).
+For frame 0 itself every key is its own, repeated, which leaves softmax attention unchanged: frame 0 is
+exactly plain self-attention.
+
+Rows are ``(videos * frames)`` in video-major order (the layout of diffusers' ``UNetMotionModel`` and of a
+2-D UNet fed one window of frames).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+
+from stylekit.attention.injection import attention
+
+ANCHORS = ("first", "previous")
+
+
+class CrossFrameState:
+    """Shared state of the cross-frame processors for one pipeline call.
+
+    Attributes:
+        frames: frames per video in the current batch (rows = videos * frames).
+        holds_first: whether row 0 of the current window is the video's frame 0.
+        step: the current denoising step index (the key of the first-frame store).
+        enabled: False runs every targeted layer with its previous processor.
+        include_injected: whether StyleID-injected layers also attend to the anchors (``anchored_injection``).
+    """
+
+    def __init__(self, anchors: Sequence[str] = ANCHORS, backend: str = "sdpa") -> None:
+        unknown = set(anchors) - set(ANCHORS)
+        if unknown or not anchors:
+            raise ValueError(f"anchors: expected a non-empty subset of {ANCHORS}, got {tuple(anchors)!r}")
+        self.anchors = tuple(anchors)
+        self.backend = backend
+        self.frames = 1
+        self.holds_first = True
+        self.step = 0
+        self.enabled = True
+        self.include_injected = False
+        self.include_self = True
+        self._first: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def first_kv(self, layer: str, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Frame 0's (K, V) at ``layer`` and the current step, (videos, 1, tokens, C); stored when present."""
+        key = (layer, self.step)
+        if self.holds_first:
+            pair = (k[:, :1], v[:, :1])
+            self._first[key] = (pair[0].detach().clone(), pair[1].detach().clone())
+            return pair
+        if key not in self._first:
+            raise RuntimeError(
+                f"cross-frame attention: no stored first-frame K/V for {layer} at step {self.step}"
+            )
+        return self._first[key]
+
+    def stored_bytes(self) -> int:
+        return sum(
+            k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in self._first.values()
+        )
+
+
+class CrossFrameProcessor:
+    """Self-attention over the frame's own and its anchors' keys/values; see the module docstring.
+
+    ``fallback`` (the layer's previous processor) handles cross-attention calls and disabled states.
+    """
+
+    def __init__(self, layer: str, state: CrossFrameState, fallback: Any) -> None:
+        self.layer = layer
+        self.state = state
+        self.fallback = fallback
+
+    def __call__(
+        self,
+        attn: Any,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
+        *args: Any,
+        **kwargs: Any,
+    ) -> torch.Tensor:
+        state = self.state
+        if encoder_hidden_states is not None or attention_mask is not None or not state.enabled:
+            return self.fallback(
+                attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs
+            )
+        residual = hidden_states
+        if attn.spatial_norm is not None:
+            hidden_states = attn.spatial_norm(hidden_states, temb)
+        input_ndim = hidden_states.ndim
+        if input_ndim == 4:
+            batch, channel, height, width = hidden_states.shape
+            hidden_states = hidden_states.view(batch, channel, height * width).transpose(1, 2)
+        if attn.group_norm is not None:
+            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+        query = attn.to_q(hidden_states)
+        key = attn.to_k(hidden_states)
+        value = attn.to_v(hidden_states)
+        rows, tokens, channels = key.shape
+        frames = state.frames
+        if rows % frames:
+            raise RuntimeError(f"cross-frame attention: {rows} rows are not a multiple of {frames} frames")
+        k5 = key.view(rows // frames, frames, tokens, channels)
+        v5 = value.view(rows // frames, frames, tokens, channels)
+        keys, values = ([k5], [v5]) if state.include_self else ([], [])
+        if "first" in state.anchors:
+            k_first, v_first = state.first_kv(self.layer, k5, v5)
+            keys.append(k_first.expand_as(k5))
+            values.append(v_first.expand_as(v5))
+        if "previous" in state.anchors:
+            keys.append(torch.cat([k5[:, :1], k5[:, :-1]], dim=1))
+            values.append(torch.cat([v5[:, :1], v5[:, :-1]], dim=1))
+        key = torch.cat(keys, dim=2).reshape(rows, -1, channels)
+        value = torch.cat(values, dim=2).reshape(rows, -1, channels)
+
+        head_dim = channels // attn.heads
+
+        def heads(x: torch.Tensor) -> torch.Tensor:
+            return x.view(rows, -1, attn.heads, head_dim).transpose(1, 2)
+
+        q, k, v = heads(query), heads(key), heads(value)
+        if attn.norm_q is not None:
+            q = attn.norm_q(q)
+        if attn.norm_k is not None:
+            k = attn.norm_k(k)
+        out = attention(q, k, v, state.backend)  # type: ignore[arg-type]
+        hidden_states = out.transpose(1, 2).reshape(rows, -1, attn.heads * head_dim).to(query.dtype)
+        hidden_states = attn.to_out[1](attn.to_out[0](hidden_states))
+        if input_ndim == 4:
+            hidden_states = hidden_states.transpose(-1, -2).reshape(batch, channel, height, width)
+        if attn.residual_connection:
+            hidden_states = hidden_states + residual
+        return hidden_states / attn.rescale_output_factor
+
+
+@contextmanager
+def cross_frame_processors(unet: Any, layers: Sequence[str], state: CrossFrameState) -> Iterator[None]:
+    """Install ``CrossFrameProcessor`` on ``layers``; restore the full ``attn_processors`` dict on exit."""
+    saved = dict(unet.attn_processors)
+    replaced = dict(saved)
+    for name in layers:
+        replaced[name] = CrossFrameProcessor(name, state, saved[name])
+    unet.set_attn_processor(replaced)
+    try:
+        yield
+    finally:
+        unet.set_attn_processor(saved)
+
+
+class AnchoredInjectionProcessor:
+    """StyleID injection whose keys/values also include the anchor frames' own (generated) K/V.
+
+    On an injected layer frame ``f`` attends to ``[K_style ; K_first ; K_{f-1}]`` (the anchors' keys and
+    values as computed from their current hidden states), so the texture a frame takes from the style
+    follows what its anchors already drew. Wraps a ``StyleInjectionProcessor`` (its controller decides
+    the injected query and style K/V, and its fallback runs outside the injection range).
+    """
+
+    def __init__(self, inner: Any, state: CrossFrameState) -> None:
+        self.inner = inner
+        self.layer = inner.layer
+        self.state = state
+
+    def __call__(
+        self,
+        attn: Any,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
+        *args: Any,
+        **kwargs: Any,
+    ) -> torch.Tensor:
+        ctrl = self.inner.controller
+        if (
+            encoder_hidden_states is not None
+            or attention_mask is not None
+            or ctrl.mode != "inject"
+            or not ctrl.injecting
+        ):
+            return self.inner(
+                attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs
+            )
+        residual = hidden_states
+        if attn.spatial_norm is not None:
+            hidden_states = attn.spatial_norm(hidden_states, temb)
+        input_ndim = hidden_states.ndim
+        if input_ndim == 4:
+            batch, channel, height, width = hidden_states.shape
+            hidden_states = hidden_states.view(batch, channel, height * width).transpose(1, 2)
+        if attn.group_norm is not None:
+            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+        query = attn.to_q(hidden_states)
+        key = attn.to_k(hidden_states)
+        value = attn.to_v(hidden_states)
+        q, k_style, v_style = ctrl.injected(self.layer, query, key, value)
+        rows, tokens, channels = key.shape
+        frames = self.state.frames
+        k5 = key.view(rows // frames, frames, tokens, channels)
+        v5 = value.view(rows // frames, frames, tokens, channels)
+        keys, values = (
+            [k_style.view(rows // frames, frames, -1, channels)],
+            [v_style.view(rows // frames, frames, -1, channels)],
+        )
+        if "first" in self.state.anchors:
+            k_first, v_first = self.state.first_kv(self.layer, k5, v5)
+            keys.append(k_first.expand_as(k5))
+            values.append(v_first.expand_as(v5))
+        if "previous" in self.state.anchors:
+            keys.append(torch.cat([k5[:, :1], k5[:, :-1]], dim=1))
+            values.append(torch.cat([v5[:, :1], v5[:, :-1]], dim=1))
+        key = torch.cat(keys, dim=2).reshape(rows, -1, channels)
+        value = torch.cat(values, dim=2).reshape(rows, -1, channels)
+        hidden_states = self.inner._attend(attn, q, key, value)
+        hidden_states = attn.to_out[1](attn.to_out[0](hidden_states))
+        if input_ndim == 4:
+            hidden_states = hidden_states.transpose(-1, -2).reshape(batch, channel, height, width)
+        if attn.residual_connection:
+            hidden_states = hidden_states + residual
+        return hidden_states / attn.rescale_output_factor
+
+
+@contextmanager
+def anchored_injection(unet: Any, state: CrossFrameState) -> Iterator[None]:
+    """Wrap every installed ``StyleInjectionProcessor`` in an ``AnchoredInjectionProcessor``; restore on exit."""
+    from stylekit.attention.injection import StyleInjectionProcessor
+
+    saved = dict(unet.attn_processors)
+    replaced = {
+        name: AnchoredInjectionProcessor(p, state) if isinstance(p, StyleInjectionProcessor) else p
+        for name, p in saved.items()
+    }
+    unet.set_attn_processor(replaced)
+    try:
+        yield
+    finally:
+        unet.set_attn_processor(saved)
