@@ -1,7 +1,8 @@
 """Quality of the mini model: VAE reconstruction and text-to-image faithfulness; prints one JSON line.
 
 Usage: ``python benchmarks/mini_quality.py [--model auto] [--n-vae 256] [--n-gen 200] [--steps 25]
-[--guidance 4.0] [--probe-steps 1200] [--size 0] [--seed 0] [--threads 0] [--device cpu] [--out-grid PATH]``
+[--guidance 4.0] [--probe-steps 1200] [--size 0] [--seed 0] [--threads 0] [--device cpu] [--out-grid PATH]
+[--guidance-sweep 1,7.5]``
 
 1. ``vae_psnr_db``: mean per-image PSNR (uint8, peak 255) of VAE reconstructions (posterior mode) of
    held-out world images (test part of the ``content_style`` split, which the mini's training never
@@ -14,6 +15,7 @@ Usage: ``python benchmarks/mini_quality.py [--model auto] [--n-vae 256] [--n-gen
    the generated images, the real renders of the same scenes and their VAE reconstructions.
    ``content_probe_ratio`` / ``style_probe_ratio`` = mean-over-heads accuracy on generated images / on
    real images (target >= 0.7); ``ratio_above_chance`` subtracts chance accuracy from both.
+   ``--guidance-sweep`` repeats the generation at other guidance scales (same captions, seeds, probes).
 """
 
 from __future__ import annotations
@@ -115,6 +117,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = leave as is)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out-grid", default=None)
+    parser.add_argument(
+        "--guidance-sweep",
+        default="",
+        help="comma-separated extra guidance scales to measure (e.g. 1,7.5,12)",
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -146,8 +153,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     t0 = time.perf_counter()
     probes: dict[str, Any] = {}
-    for kind, labels in (("content", content_targets(contents)), ("style", style_targets(styles))):
-        probe = train_probe(kind, steps=args.probe_steps, size=size, seed=args.seed)
+    trained: dict[str, Any] = {}
+    all_labels = {"content": content_targets(contents), "style": style_targets(styles)}
+    for kind, labels in all_labels.items():
+        probe = trained[kind] = train_probe(kind, steps=args.probe_steps, size=size, seed=args.seed)
         acc = {
             name: probe.accuracy(images, labels)
             for name, images in (("real", real.images), ("vae", recon), ("generated", generated))
@@ -161,6 +170,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             (acc["generated"]["mean"] - chance) / max(acc["real"]["mean"] - chance, 1e-9), 4
         )
     probe_seconds = time.perf_counter() - t0
+
+    # the same captions, seeds and probes at other guidance scales / step counts
+    sweep: dict[str, Any] = {}
+    t0 = time.perf_counter()
+    for text in [g for g in args.guidance_sweep.split(",") if g.strip()]:
+        scale = float(text)
+        images = generate(pipe, real.captions, args.steps, scale, size, args.seed)
+        entry: dict[str, Any] = {}
+        for kind, probe in trained.items():
+            acc = probe.accuracy(images, all_labels[kind])
+            entry[f"{kind}_probe_ratio"] = round(acc["mean"] / max(probes[kind]["real"]["mean"], 1e-9), 4)
+            entry[f"{kind}_generated"] = _round(acc)
+        sweep[f"{scale:g}"] = entry
+    sweep_seconds = time.perf_counter() - t0
 
     if args.out_grid:
         save_grid(args.out_grid, real.images, generated)
@@ -182,6 +205,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "content_probe_ratio_ge_0.7": probes["content"]["ratio"] >= 0.7,
             "style_probe_ratio_ge_0.7": probes["style"]["ratio"] >= 0.7,
         },
+        "guidance_sweep": sweep,
         "n_vae": args.n_vae,
         "n_gen": args.n_gen,
         "steps": args.steps,
@@ -191,6 +215,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "vae": round(vae_seconds, 1),
             "generation": round(gen_seconds, 1),
             "probes": round(probe_seconds, 1),
+            "guidance_sweep": round(sweep_seconds, 1),
             "total": round(time.perf_counter() - start, 1),
         },
         "device": args.device,

@@ -156,3 +156,38 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path: Path) -> None:
         main(
             _tiny_args(tmp_path / "b", *common[:-2], "--vae_lr", "0.5", "--resume_from_checkpoint", "latest")
         )
+
+
+def test_latent_standardisation_is_folded_exactly() -> None:
+    from stylekit.training.architecture import MiniArchitecture, build_vae, fold_latent_normalization
+
+    torch.manual_seed(0)
+    vae = build_vae(MiniArchitecture(vae_channels=(8, 16, 16), norm_groups=8)).eval()
+    pixels = torch.rand(4, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        before = vae.encode(pixels).latent_dist
+        decoded = vae.decode(before.mean).sample
+        mean, std = before.mean.mean(dim=(0, 2, 3)), before.mean.std(dim=(0, 2, 3))
+        fold_latent_normalization(vae, mean, std)
+        after = vae.encode(pixels).latent_dist
+        torch.testing.assert_close(vae.decode(after.mean).sample, decoded, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(after.mean.mean(dim=(0, 2, 3)), torch.zeros(8), rtol=0, atol=1e-4)
+    torch.testing.assert_close(after.mean.std(dim=(0, 2, 3)), torch.ones(8), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(after.std, before.std / std[None, :, None, None], rtol=1e-4, atol=1e-6)
+    assert vae.config.scaling_factor == 1.0
+
+
+def test_batches_are_a_pure_function_of_seed_and_step() -> None:
+    from stylekit.data.splits import SPLITS, in_part
+    from stylekit.training.data import pool_rows, sample_scenes_in, step_rng, world_batch
+
+    a = world_batch(0, "unet", 5, 8, 64, tuple(SPLITS), caption_dropout=0.5)
+    b = world_batch(0, "unet", 5, 8, 64, tuple(SPLITS), caption_dropout=0.5)
+    assert torch.equal(a.pixels, b.pixels) and a.captions == b.captions and "" in a.captions
+    halves = [world_batch(0, "unet", 5, 8, 64, tuple(SPLITS), 0.5, rank, 2) for rank in (0, 1)]
+    assert torch.equal(torch.cat([h.pixels for h in halves])[[0, 4, 1, 5, 2, 6, 3, 7]], a.pixels)
+    contents, styles = sample_scenes_in(step_rng(0, "vae", 0), 64, tuple(SPLITS))
+    assert all(in_part(c, s, name, "train") for c, s in zip(contents, styles, strict=True) for name in SPLITS)
+    epoch = np.concatenate([pool_rows(3, step, 10, 40) for step in range(4)])
+    assert sorted(epoch.tolist()) == list(range(40))
+    assert np.array_equal(pool_rows(3, 7, 16, 40), pool_rows(3, 7, 16, 40))

@@ -148,7 +148,8 @@ def render_card(
             f"2. **UNet + text encoder** (VAE frozen; a pool of {config.unet_pool_size} training scenes encoded "
             f"once, a fresh posterior sample each use): {unet['steps']} steps x batch {config.unet_batch_size}, "
             f"lr {config.unet_lr} (UNet) / {config.text_lr} (text encoder), DDPM noise (SD betas), epsilon MSE "
-            f"with min-SNR-{config.snr_gamma} weighting, caption dropout {config.caption_dropout}. Final (mean "
+            f"with min-SNR-{config.snr_gamma} weighting, offset noise {config.noise_offset}, caption dropout "
+            f"{config.caption_dropout}. Final (mean "
             f"of the last {config.log_every} steps): {_fmt(final, ('loss', 'mse'))}. "
             f"Wall time {unet['wall_s'] / 60:.1f} min.",
         ]

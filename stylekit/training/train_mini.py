@@ -79,6 +79,7 @@ class TrainMiniConfig:
     caption_dropout: float = 0.1
     unet_pool_size: int = 12288
     snr_gamma: float = 5.0
+    noise_offset: float = 0.1
     unet_precision: str = "fp32"
     # both stages
     warmup_steps: int = 100
@@ -126,7 +127,14 @@ class TrainMiniConfig:
             value = getattr(self, name)
             if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
                 raise ValueError(f"{name}: expected a number > 0, got {value!r}")
-        for name in ("vae_l1_weight", "vae_mse_weight", "vae_kl_weight", "snr_gamma", "weight_decay"):
+        for name in (
+            "vae_l1_weight",
+            "vae_mse_weight",
+            "vae_kl_weight",
+            "snr_gamma",
+            "weight_decay",
+            "noise_offset",
+        ):
             value = getattr(self, name)
             if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name}: expected a number >= 0, got {value!r}")
@@ -182,7 +190,7 @@ class TrainMiniConfig:
         ]
         keys += [f.name for f in fields(self) if f.name.startswith(stage + "_")]
         if stage == "unet":
-            keys += ["text_lr", "caption_dropout", "snr_gamma"]
+            keys += ["text_lr", "caption_dropout", "snr_gamma", "noise_offset"]
         data = self.to_dict()
         return {"arch": data["arch"], **{k: data[k] for k in sorted(keys)}}
 
@@ -532,7 +540,12 @@ def train_unet(config: TrainMiniConfig, accelerator: Any) -> dict[str, Any]:
         b = len(captions)
         eps_post = torch.randn(pool.mean[index].shape, generator=gen)
         latents = ((pool.mean[index] + pool.std[index] * eps_post) * scaling).to(accelerator.device)
-        noise = torch.randn(latents.shape, generator=gen).to(accelerator.device)
+        noise = torch.randn(latents.shape, generator=gen)
+        if config.noise_offset:
+            # offset noise: on 16 x 16 latents the mean colour survives SD's last timestep (its noise averages
+            # out), so without it the model copies the colour from the initial noise instead of the caption
+            noise = noise + config.noise_offset * torch.randn((b, latents.shape[1], 1, 1), generator=gen)
+        noise = noise.to(accelerator.device)
         timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (b,), generator=gen)
         noisy = noise_scheduler.add_noise(latents, noise, timesteps.to(accelerator.device))
         ids = tokenizer(
