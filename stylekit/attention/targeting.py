@@ -77,7 +77,8 @@ LAYER_PRESETS: dict[str, LayerPreset] = {
             "sd",
             {"up": {"block_2": True, "block_3": True}},
             "the bundled mini model's two finest decoder levels (8x8 and 16x16 latents), the analogue of "
-            "StyleID's up_blocks.2-3 on SD; not yet tuned with benchmarks/transfer_quality.py --layers-sweep",
+            "StyleID's up_blocks.2-3 on SD; chosen with benchmarks/transfer_quality.py --layers-sweep "
+            "(best harmonic mean of style and content IoU of the 7 candidates; docs/benchmarks.md)",
         ),
     ]
 }
