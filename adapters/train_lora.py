@@ -1,0 +1,807 @@
+"""Train content/style LoRAs with accelerate: B-LoRA, Break-for-Make and DreamBooth-LoRA.
+
+    accelerate launch -m stylekit.adapters.train_lora --method blora --pretrained_model_name_or_path mini \\
+        --instance_data_dir my_style/ --instance_prompt "a picture in [v] style" --output_dir out/
+
+Methods (``docs/lora.md``):
+
+- ``blora``: one peft LoRA on the content blocks and the style blocks, trained jointly; written as two
+  adapters, ``OUT/content`` and ``OUT/style``.
+- ``b4m`` ``--b4m_stage break --b4m_role content|style``: partly learnable projections (half of every down's
+  columns and up's rows frozen, shared by seed); content trains down at ``--learning_rate`` and up at
+  ``--learning_rate_2``, style the reverse; ``--aux_data_dir`` sets are fitted in the same steps.
+  ``--b4m_stage make --content_lora A --style_lora B``: fuse the style up with the content down and
+  fine-tune on the instance set plus the aux sets; written to ``OUT/fused``.
+- ``dreambooth``: LoRA on every attention block (or ``--lora_blocks``) with prior preservation
+  (``--with_prior_preservation --class_data_dir --class_prompt``) and auxiliary in-style sets; ``OUT/<role>``.
+
+Flags follow diffusers' DreamBooth-LoRA scripts; ``--config run.toml|yaml`` supplies defaults that explicit
+flags override. Checkpoints (``OUT/checkpoint-N``, ``accelerator.save_state`` into a temporary folder, then
+renamed) resume with ``--resume_from_checkpoint latest`` to exactly the weights of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from stylekit.lora import (
+    LORA_WEIGHT_NAME,
+    ROLES,
+    architecture_of,
+    attention_blocks,
+    block_of,
+    check_blocks,
+    default_blocks,
+    save_adapter,
+    target_modules,
+    write_json_atomic,
+)
+
+from .lora_data import ImageSet, PromptCache, cache_latents, draw_batch, load_image_set
+
+METHODS = ("blora", "b4m", "dreambooth")
+SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
+PRECISIONS = ("no", "fp16", "bf16")
+CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+
+
+def _help(text: str, **kw: Any) -> Any:
+    return field(metadata={"help": text}, **kw)
+
+
+@dataclass
+class TrainLoRAConfig:
+    """Every setting of a LoRA training run (validated on construction; same names as the CLI flags)."""
+
+    output_dir: str = _help("where adapters, checkpoints, logs and validation images go", default="")
+    instance_data_dir: str = _help(
+        "folder of training images (png/jpg/webp/...; name.txt = caption)", default=""
+    )
+    instance_prompt: str = _help("prompt of the instance images, e.g. 'a picture in [v] style'", default="")
+    method: str = _help(f"one of {METHODS}", default="blora")
+    pretrained_model_name_or_path: str = _help(
+        "preset (mini, tiny-sd, ...), hub id or folder", default="mini"
+    )
+    # blocks
+    content_blocks: list[str] | None = _help(
+        "blora: content attention blocks (default: the architecture's split)", default=None
+    )
+    style_blocks: list[str] | None = _help(
+        "blora: style attention blocks (default: the architecture's split)", default=None
+    )
+    lora_blocks: list[str] | None = _help(
+        "b4m/dreambooth: blocks to train (default: every attention block)", default=None
+    )
+    adapter_role: str = _help(
+        "dreambooth: name of the written adapter folder (style or content)", default="style"
+    )
+    # b4m
+    b4m_stage: str = _help("b4m: 'break' (train one adapter) or 'make' (fuse and fine-tune)", default="break")
+    b4m_role: str = _help("b4m break: 'content' (trains down) or 'style' (trains up)", default="content")
+    content_lora: str | None = _help("b4m make: the content adapter folder", default=None)
+    style_lora: str | None = _help("b4m make: the style adapter folder", default=None)
+    learning_rate_2: float = _help("b4m: lr of the secondary projection", default=1e-5)
+    # auxiliary / prior sets
+    aux_data_dir: list[str] = _help(
+        "auxiliary image folders (b4m multi-correspondence, dreambooth dual binding)", default_factory=list
+    )
+    aux_prompt: list[str] = _help("one prompt per --aux_data_dir", default_factory=list)
+    aux_loss_weight: float = _help("loss weight of the auxiliary sets", default=1.0)
+    with_prior_preservation: bool = _help(
+        "add the class set's loss (DreamBooth prior preservation)", default=False
+    )
+    class_data_dir: str | None = _help("class (prior) images", default=None)
+    class_prompt: str | None = _help("prompt of the class images", default=None)
+    prior_loss_weight: float = _help("weight of the prior loss", default=1.0)
+    style_loss_weight: float = _help(
+        "weight of the style-contrastive loss on the predicted x0 (0 = off)", default=0.0
+    )
+    style_loss_temperature: float = _help("InfoNCE temperature of the style-contrastive loss", default=0.1)
+    # LoRA
+    rank: int = _help("LoRA rank r", default=4)
+    lora_alpha: float | None = _help("LoRA alpha (default: rank, i.e. scale 1)", default=None)
+    lora_dropout: float = _help("LoRA dropout", default=0.0)
+    # optimisation
+    resolution: int = _help("training resolution (images cover-resized and centre-cropped)", default=0)
+    train_batch_size: int = _help("rows per set per process per micro-step", default=1)
+    gradient_accumulation_steps: int = _help("micro-steps per optimizer step", default=1)
+    learning_rate: float = _help("learning rate (primary projection for b4m)", default=1e-4)
+    lr_scheduler: str = _help(f"one of {SCHEDULERS}", default="constant")
+    lr_warmup_steps: int = _help("warm-up optimizer steps", default=0)
+    max_train_steps: int = _help("optimizer steps", default=500)
+    adam_beta1: float = _help("AdamW beta1", default=0.9)
+    adam_beta2: float = _help("AdamW beta2", default=0.999)
+    adam_weight_decay: float = _help("AdamW weight decay", default=1e-2)
+    adam_epsilon: float = _help("AdamW epsilon", default=1e-8)
+    max_grad_norm: float = _help("gradient clipping norm (0 = off)", default=1.0)
+    use_8bit_adam: bool = _help("bitsandbytes AdamW8bit (CUDA only)", default=False)
+    mixed_precision: str | None = _help(f"one of {PRECISIONS} (default: accelerate config)", default=None)
+    gradient_checkpointing: bool = _help("UNet gradient checkpointing", default=False)
+    seed: int = _help("seed of the data order, noise, timesteps and LoRA init", default=0)
+    # checkpoints, validation, logging
+    checkpointing_steps: int = _help("save a resumable checkpoint every N steps (0 = never)", default=500)
+    checkpoints_total_limit: int | None = _help("keep at most this many checkpoints", default=None)
+    resume_from_checkpoint: str | None = _help("'latest' or a checkpoint folder", default=None)
+    validation_prompt: str | None = _help("prompt of the validation images", default=None)
+    validation_steps: int = _help("validation images every N steps (and at the end)", default=100)
+    num_validation_images: int = _help("validation images per round", default=2)
+    validation_inference_steps: int = _help("sampling steps of the validation images", default=25)
+    report_to: str = _help("'tensorboard', 'wandb', 'all' or 'none'", default="none")
+    logging_dir: str = _help("log folder under output_dir", default="logs")
+    output_kohya_format: bool = _help(
+        "also write pytorch_lora_weights_kohya.safetensors (A1111/ComfyUI)", default=False
+    )
+    num_threads: int = _help("torch CPU threads (0 = leave as is)", default=0)
+    config: str | None = _help("TOML/YAML file with any of these options (flags override it)", default=None)
+
+    def __post_init__(self) -> None:
+        for name in ("output_dir", "instance_data_dir", "instance_prompt", "pretrained_model_name_or_path"):
+            if not str(getattr(self, name) or "").strip():
+                raise ValueError(f"--{name}: required")
+        choices = {
+            "method": METHODS,
+            "lr_scheduler": SCHEDULERS,
+            "b4m_stage": ("break", "make"),
+            "b4m_role": ROLES,
+            "adapter_role": ROLES,
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"--{name}: expected one of {allowed}, got {getattr(self, name)!r}")
+        if self.mixed_precision is not None and self.mixed_precision not in PRECISIONS:
+            raise ValueError(f"--mixed_precision: expected one of {PRECISIONS}, got {self.mixed_precision!r}")
+        if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank <= 0:
+            raise ValueError(f"--rank: expected an integer >= 1, got {self.rank!r}")
+        for name in (
+            "train_batch_size",
+            "gradient_accumulation_steps",
+            "max_train_steps",
+            "validation_steps",
+            "num_validation_images",
+            "validation_inference_steps",
+        ):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"--{name}: expected an integer >= 1, got {value!r}")
+        for name in ("checkpointing_steps", "lr_warmup_steps", "resolution", "num_threads"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{name}: expected an integer >= 0, got {getattr(self, name)!r}")
+        for name in ("learning_rate", "learning_rate_2"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value <= 0:
+                raise ValueError(f"--{name}: expected a positive number, got {value!r}")
+        if self.style_loss_weight < 0 or self.style_loss_temperature <= 0:
+            raise ValueError("--style_loss_weight: expected >= 0; --style_loss_temperature: expected > 0")
+        if self.lora_alpha is not None and self.lora_alpha <= 0:
+            raise ValueError(f"--lora_alpha: expected a positive number, got {self.lora_alpha!r}")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise ValueError(f"--lora_dropout: expected a number in [0, 1), got {self.lora_dropout!r}")
+        if len(self.aux_prompt) != len(self.aux_data_dir):
+            raise ValueError(
+                f"--aux_prompt: expected one prompt per --aux_data_dir ({len(self.aux_data_dir)}), got {len(self.aux_prompt)}"
+            )
+        if self.with_prior_preservation and not (self.class_data_dir and self.class_prompt):
+            raise ValueError("--with_prior_preservation needs --class_data_dir and --class_prompt")
+        if self.method == "b4m" and self.b4m_stage == "make" and not (self.content_lora and self.style_lora):
+            raise ValueError(
+                "--b4m_stage make needs --content_lora and --style_lora (the two break adapters)"
+            )
+        if self.use_8bit_adam and not torch.cuda.is_available():
+            raise ValueError("--use_8bit_adam needs CUDA (bitsandbytes); drop the flag on CPU")
+        if self.report_to not in ("none", "tensorboard", "wandb", "all"):
+            raise ValueError(f"--report_to: expected tensorboard, wandb, all or none, got {self.report_to!r}")
+
+    @property
+    def alpha(self) -> float:
+        return float(self.lora_alpha if self.lora_alpha is not None else self.rank)
+
+
+# ------------------------------------------------------------------------------------------------- CLI
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse parser (one flag per ``TrainLoRAConfig`` field)."""
+    parser = argparse.ArgumentParser(
+        prog="accelerate launch -m stylekit.adapters.train_lora", description=__doc__.splitlines()[0]
+    )
+    for f in fields(TrainLoRAConfig):
+        flag, text = f"--{f.name}", f.metadata.get("help", "")
+        kind = str(f.type)
+        if kind == "bool":
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
+        elif kind.startswith("list"):
+            parser.add_argument(flag, nargs="+", default=None, help=text)
+        else:
+            base = kind.split("|")[0].strip()
+            convert = {"int": int, "float": float}.get(base, str)
+            parser.add_argument(flag, type=convert, default=None, help=text)
+    return parser
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Options from a TOML (``.toml``) or YAML (``.yaml``/``.yml``) file; keys are the flag names.
+
+    Raises:
+        ValueError: unreadable file, unknown extension, or an unknown key.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"--config: file not found: {path}")
+    if path.suffix == ".toml":
+        try:
+            import tomllib
+        except ModuleNotFoundError:  # Python 3.10
+            import tomli as tomllib  # type: ignore[no-redef]
+        data = tomllib.loads(path.read_text())
+    elif path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        data = yaml.safe_load(path.read_text()) or {}
+    else:
+        raise ValueError(f"--config: expected a .toml, .yaml or .yml file, got {path}")
+    if not isinstance(data, dict):
+        raise ValueError(f"--config: {path} must hold a table/mapping of options")
+    known = {f.name for f in fields(TrainLoRAConfig)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"--config: unknown option(s) {unknown} in {path}")
+    return data
+
+
+def parse_config(argv: Sequence[str] | None = None) -> TrainLoRAConfig:
+    """Flags (over a ``--config`` file, over the defaults) -> a validated ``TrainLoRAConfig``."""
+    args = vars(build_parser().parse_args(argv))
+    values: dict[str, Any] = {}
+    if args.get("config"):
+        values.update(read_config_file(args["config"]))
+    values.update({k: v for k, v in args.items() if v is not None})
+    return TrainLoRAConfig(**values)
+
+
+# --------------------------------------------------------------------------------------------- training
+@dataclass
+class Roles:
+    """Which LoRA module names each written adapter owns (one peft adapter is trained)."""
+
+    blocks: dict[str, tuple[str, ...]]  # role -> blocks
+
+    def role_of(self, key: str) -> str | None:
+        block = block_of(key)
+        for role, blocks in self.blocks.items():
+            if block in blocks:
+                return role
+        return None
+
+
+def resolve_roles(config: TrainLoRAConfig, unet: Any) -> Roles:
+    """Role -> blocks for the run (validated against the UNet)."""
+    if config.method == "blora":
+        split = default_blocks(unet, "blora")
+        content = check_blocks(unet, config.content_blocks or split["content"], "--content_blocks")
+        style = check_blocks(unet, config.style_blocks or split["style"], "--style_blocks")
+        overlap = set(content) & set(style)
+        if overlap:
+            raise ValueError(f"--content_blocks and --style_blocks overlap: {sorted(overlap)}")
+        return Roles({"content": content, "style": style})
+    blocks = check_blocks(unet, config.lora_blocks or attention_blocks(unet), "--lora_blocks")
+    if config.method == "b4m":
+        role = "fused" if config.b4m_stage == "make" else config.b4m_role
+    else:
+        role = config.adapter_role
+    return Roles({role: blocks})
+
+
+def load_sets(config: TrainLoRAConfig, resolution: int) -> list[ImageSet]:
+    """The instance set, then the class set (prior preservation), then the aux sets (validated)."""
+    sets = [
+        load_image_set(
+            config.instance_data_dir, config.instance_prompt, resolution, "instance", "--instance_data_dir"
+        )
+    ]
+    if config.with_prior_preservation:
+        assert config.class_data_dir and config.class_prompt
+        sets.append(
+            load_image_set(
+                config.class_data_dir,
+                config.class_prompt,
+                resolution,
+                "class",
+                "--class_data_dir",
+                config.prior_loss_weight,
+            )
+        )
+    for i, (folder, prompt) in enumerate(zip(config.aux_data_dir, config.aux_prompt, strict=True)):
+        sets.append(
+            load_image_set(folder, prompt, resolution, f"aux{i}", "--aux_data_dir", config.aux_loss_weight)
+        )
+    return sets
+
+
+def prompt_encoder(pipe: Any, resolution: int) -> Any:
+    """``f(prompts) -> UNet conditioning kwargs`` (SD: ``encoder_hidden_states``; SDXL: plus
+    ``added_cond_kwargs`` with pooled embeddings and size/crop time ids)."""
+    device = pipe.unet.device
+
+    @torch.no_grad()
+    def encode(prompts: list[str]) -> dict[str, Any]:
+        if architecture_of(pipe.unet) == "sdxl":
+            embeds, _, pooled, _ = pipe.encode_prompt(
+                prompts, device=device, num_images_per_prompt=1, do_classifier_free_guidance=False
+            )
+            dim = int(pipe.text_encoder_2.config.projection_dim)
+            ids = pipe._get_add_time_ids(
+                (resolution, resolution),
+                (0, 0),
+                (resolution, resolution),
+                dtype=embeds.dtype,
+                text_encoder_projection_dim=dim,
+            )
+            return {
+                "encoder_hidden_states": embeds,
+                "added_cond_kwargs": {"text_embeds": pooled, "time_ids": ids.repeat(len(prompts), 1)},
+            }
+        embeds, _ = pipe.encode_prompt(prompts, device, 1, False)
+        return {"encoder_hidden_states": embeds}
+
+    return encode
+
+
+def list_checkpoints(output_dir: Path) -> list[Path]:
+    """Complete checkpoints (``checkpoint-N`` folders), fewest steps first."""
+    if not output_dir.is_dir():
+        return []
+    found = [
+        (int(m[1]), p) for p in output_dir.iterdir() if (m := CHECKPOINT_RE.match(p.name)) and p.is_dir()
+    ]
+    return [p for _, p in sorted(found)]
+
+
+def resolve_resume(config: TrainLoRAConfig) -> Path | None:
+    """The checkpoint to resume from (None: start fresh; 'latest' with none found also starts fresh)."""
+    which = config.resume_from_checkpoint
+    if not which:
+        return None
+    out = Path(config.output_dir)
+    if which == "latest":
+        found = list_checkpoints(out)
+        return found[-1] if found else None
+    path = Path(which) if Path(which).exists() else out / which
+    if not (path / "training_state.json").is_file():
+        raise ValueError(
+            f"--resume_from_checkpoint: {which!r} is not a checkpoint folder (no training_state.json)"
+        )
+    return path
+
+
+def lora_parameters(unet: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
+    """Every LoRA parameter of the UNet by name (``...lora_A.default.weight``)."""
+    return {n: p for n, p in unet.named_parameters() if ".lora_A." in n or ".lora_B." in n}
+
+
+def peft_state(unet: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """``get_peft_model_state_dict`` of the trained adapter (keys ``<module>.lora_A.weight``)."""
+    from peft.utils import get_peft_model_state_dict
+
+    return {k: v.detach().cpu() for k, v in get_peft_model_state_dict(unet).items()}
+
+
+def peft_keys_to_params(state: dict[str, torch.Tensor], adapter: str = "default") -> dict[str, torch.Tensor]:
+    """``<module>.lora_A.weight`` -> ``<module>.lora_A.<adapter>.weight`` (the parameter names)."""
+    return {re.sub(r"\.(lora_[AB])\.weight$", rf".\1.{adapter}.weight", k): v for k, v in state.items()}
+
+
+def read_peft_adapter(path: str | Path) -> dict[str, torch.Tensor]:
+    """An adapter folder written by this trainer -> peft-keyed state dict."""
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import convert_unet_state_dict_to_peft
+
+    state = StableDiffusionPipeline.lora_state_dict(
+        str(Path(path) / LORA_WEIGHT_NAME) if Path(path).is_dir() else str(path)
+    )
+    state = state[0] if isinstance(state, tuple) else state
+    unet_state = {k.removeprefix("unet."): v for k, v in state.items() if k.startswith("unet.")}
+    return convert_unet_state_dict_to_peft(unet_state)
+
+
+def run(config: TrainLoRAConfig) -> dict[str, Any]:
+    """Train; returns a summary (final loss history, adapter folders, steps/s)."""
+    from accelerate import Accelerator
+    from accelerate.logging import get_logger
+    from accelerate.utils import ProjectConfiguration
+    from diffusers import DDPMScheduler
+    from diffusers.optimization import get_scheduler
+    from peft import LoraConfig
+    from tqdm.auto import tqdm
+
+    from stylekit.models import load_pipeline
+
+    if config.num_threads:
+        torch.set_num_threads(config.num_threads)
+    out = Path(config.output_dir)
+    # Bad input fails here, before any model is loaded.
+    resolution_hint = config.resolution or 8
+    load_sets(config, resolution_hint)
+    resume = resolve_resume(config)
+
+    accelerator = Accelerator(
+        mixed_precision=config.mixed_precision,
+        log_with=None if config.report_to == "none" else config.report_to,
+        project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / config.logging_dir)),
+    )
+    logger = get_logger("stylekit.train_lora")
+    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(
+        accelerator.mixed_precision, torch.float32
+    )
+
+    pipe = load_pipeline(config.pretrained_model_name_or_path, kind="text-to-image", dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    unet, vae = pipe.unet, pipe.vae
+    for module in (unet, vae, pipe.text_encoder, getattr(pipe, "text_encoder_2", None)):
+        if module is not None:
+            module.requires_grad_(False)
+            module.eval()
+    architecture = architecture_of(unet)
+    resolution = config.resolution or int(unet.config.sample_size) * int(pipe.vae_scale_factor)
+    roles = resolve_roles(config, unet)
+    modules = sorted({m for blocks in roles.blocks.values() for m in target_modules(unet, blocks)})
+    sets = load_sets(config, resolution)
+
+    vae.to(accelerator.device)
+    for image_set in sets:
+        cache_latents(vae, image_set)
+    pipe.to(accelerator.device)
+    prompts = PromptCache(prompt_encoder(pipe, resolution))
+    prompts.warm([p for s in sets for p in s.prompts])
+
+    # the LoRA (peft, one adapter "default" covering every role's blocks)
+    lora_config = LoraConfig(
+        r=config.rank,
+        lora_alpha=config.alpha,
+        lora_dropout=config.lora_dropout,
+        init_lora_weights="gaussian",
+        target_modules=modules,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        unet.add_adapter(lora_config)
+    frozen = None
+    if config.method == "b4m":
+        from .lora_b4m import init_partly_learnable, make_fused_state, projection_groups
+
+        frozen = init_partly_learnable(unet, config.seed)
+        if config.b4m_stage == "make":
+            assert config.content_lora and config.style_lora
+            fused = make_fused_state(
+                read_peft_adapter(config.content_lora), read_peft_adapter(config.style_lora)
+            )
+            params = lora_parameters(unet)
+            loaded = peft_keys_to_params(fused)
+            if set(loaded) != set(params):
+                raise ValueError(
+                    "--content_lora/--style_lora: the adapters do not cover this run's blocks "
+                    "(use the same --lora_blocks and --rank as the break runs)"
+                )
+            with torch.no_grad():
+                for name, value in loaded.items():
+                    params[name].copy_(value)
+            frozen.snapshot()
+    for param in lora_parameters(unet).values():
+        param.requires_grad_(True)
+        param.data = param.data.float()
+    if weight_dtype != torch.float32:
+        for param in unet.parameters():
+            if not param.requires_grad:
+                param.data = param.data.to(weight_dtype)
+    if config.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+
+    if config.method == "b4m" and config.b4m_stage == "break":
+        primary, secondary = projection_groups(unet, config.b4m_role)
+        groups = [
+            {"params": primary, "lr": config.learning_rate},
+            {"params": secondary, "lr": config.learning_rate_2},
+        ]
+    else:
+        groups = [{"params": list(lora_parameters(unet).values()), "lr": config.learning_rate}]
+    if config.use_8bit_adam:
+        import bitsandbytes as bnb
+
+        optimizer_class = bnb.optim.AdamW8bit
+    else:
+        optimizer_class = torch.optim.AdamW
+    optimizer = optimizer_class(
+        groups,
+        betas=(config.adam_beta1, config.adam_beta2),
+        weight_decay=config.adam_weight_decay,
+        eps=config.adam_epsilon,
+    )
+    lr_scheduler = get_scheduler(
+        config.lr_scheduler,
+        optimizer=optimizer,
+        num_warmup_steps=config.lr_warmup_steps * accelerator.num_processes,
+        num_training_steps=config.max_train_steps * accelerator.num_processes,
+    )
+    model, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
+
+    def save_hook(models: list[Any], weights: list[Any], output_dir: str) -> None:
+        from safetensors.torch import save_file
+
+        for _ in range(len(weights)):
+            weights.pop()
+        state = {n: p.detach().cpu().contiguous() for n, p in lora_parameters(unet).items()}
+        save_file(state, os.path.join(output_dir, "lora_state.safetensors"))
+
+    def load_hook(models: list[Any], input_dir: str) -> None:
+        from safetensors.torch import load_file
+
+        for _ in range(len(models)):
+            models.pop()
+        state = load_file(os.path.join(input_dir, "lora_state.safetensors"))
+        params = lora_parameters(unet)
+        if set(state) != set(params):
+            raise ValueError(
+                f"--resume_from_checkpoint: {input_dir} was written by a run with other blocks/rank"
+            )
+        with torch.no_grad():
+            for name, value in state.items():
+                params[name].copy_(value.to(params[name].dtype))
+
+    accelerator.register_save_state_pre_hook(save_hook)
+    accelerator.register_load_state_pre_hook(load_hook)
+
+    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    style_loss = None
+    if config.style_loss_weight > 0:
+        from .lora_style_loss import StyleContrastiveLoss
+
+        style_loss = StyleContrastiveLoss(
+            sets, vae, noise_scheduler, accelerator.device, config.style_loss_temperature
+        )
+    num_timesteps = int(noise_scheduler.config.num_train_timesteps)
+    global_step = 0
+    history: list[dict[str, float]] = []
+    if resume is not None:
+        accelerator.load_state(str(resume))
+        state = json.loads((resume / "training_state.json").read_text())
+        global_step = int(state["global_step"])
+        history = list(state.get("history", []))
+        if frozen is not None:
+            frozen.snapshot()
+        logger.info(f"resumed from {resume} at step {global_step}")
+    if accelerator.is_main_process and config.report_to != "none":
+        accelerator.init_trackers("train_lora", config={k: str(v) for k, v in asdict(config).items()})
+
+    info = {
+        "method": config.method,
+        "base_model": config.pretrained_model_name_or_path,
+        "architecture": architecture,
+        "rank": config.rank,
+        "lora_alpha": config.alpha,
+        "resolution": resolution,
+        "seed": config.seed,
+        "instance_prompt": config.instance_prompt,
+    }
+    bar = tqdm(
+        total=config.max_train_steps,
+        initial=global_step,
+        disable=not accelerator.is_local_main_process,
+        desc="train_lora",
+    )
+    rows = config.train_batch_size
+    start_time, start_step = time.perf_counter(), global_step
+    model.train()
+    while global_step < config.max_train_steps:
+        losses: dict[str, float] = {s.name: 0.0 for s in sets}
+        total = 0.0
+        for micro in range(config.gradient_accumulation_steps):
+            batch = draw_batch(
+                sets,
+                rows,
+                config.seed,
+                global_step,
+                micro,
+                num_timesteps,
+                accelerator.process_index,
+                accelerator.num_processes,
+            )
+            device = accelerator.device
+            latents = batch.latents.to(device, weight_dtype)
+            noise = batch.noise.to(device, weight_dtype)
+            timesteps = batch.timesteps.to(device)
+            noisy = noise_scheduler.add_noise(latents, noise, timesteps)
+            conditioning = prompts(batch.prompts, device, weight_dtype)
+            sync = micro == config.gradient_accumulation_steps - 1
+            context = accelerator.no_sync(model) if not sync else _null()
+            with context, accelerator.autocast():
+                pred = model(noisy, timesteps, **conditioning, return_dict=False)[0]
+                if noise_scheduler.config.prediction_type == "v_prediction":
+                    target = noise_scheduler.get_velocity(latents, noise, timesteps)
+                else:
+                    target = noise
+                per_row = (pred.float() - target.float()).pow(2).flatten(1).mean(1)
+                loss = torch.zeros((), device=device)
+                for index, image_set in enumerate(sets):
+                    set_loss = per_row[batch.set_index.to(device) == index].mean()
+                    loss = loss + image_set.weight * set_loss
+                    losses[image_set.name] += float(set_loss.detach()) / config.gradient_accumulation_steps
+                if style_loss is not None:
+                    instance = batch.set_index.to(device) == 0
+                    scr = style_loss(pred[instance], noisy[instance], timesteps[instance])
+                    loss = loss + config.style_loss_weight * scr
+                    losses["style"] = (
+                        losses.get("style", 0.0) + float(scr.detach()) / config.gradient_accumulation_steps
+                    )
+                loss = loss / config.gradient_accumulation_steps
+                accelerator.backward(loss)
+            total += float(loss.detach())
+        if frozen is not None:
+            frozen.zero_grads()
+        if config.max_grad_norm > 0:
+            accelerator.clip_grad_norm_([p for g in groups for p in g["params"]], config.max_grad_norm)
+        optimizer.step()
+        lr_scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        if frozen is not None:
+            frozen.restore()
+        global_step += 1
+        record = {
+            "step": global_step,
+            "loss": round(total, 6),
+            **{f"loss_{k}": round(v, 6) for k, v in losses.items()},
+        }
+        history.append(record)
+        if global_step == start_step + 1:  # steps/s is timed after one warm-up step
+            start_time = time.perf_counter()
+        bar.update(1)
+        bar.set_postfix(loss=f"{total:.4f}")
+        if config.report_to != "none":
+            accelerator.log(
+                {**{k: v for k, v in record.items() if k != "step"}, "lr": lr_scheduler.get_last_lr()[0]},
+                step=global_step,
+            )
+        if config.checkpointing_steps and global_step % config.checkpointing_steps == 0:
+            if accelerator.is_main_process:
+                save_checkpoint(accelerator, out, global_step, history, config.checkpoints_total_limit)
+            accelerator.wait_for_everyone()
+        if config.validation_prompt and (
+            global_step % config.validation_steps == 0 or global_step == config.max_train_steps
+        ):
+            if accelerator.is_main_process:
+                validate(pipe, config, out, global_step, accelerator)
+            accelerator.wait_for_everyone()
+    bar.close()
+    elapsed = time.perf_counter() - start_time
+
+    written: dict[str, str] = {}
+    if accelerator.is_main_process:
+        state = peft_state(accelerator.unwrap_model(model))
+        for role, blocks in roles.blocks.items():
+            subset = {k: v for k, v in state.items() if roles.role_of(k) == role}
+            role_config = LoraConfig(
+                r=config.rank,
+                lora_alpha=config.alpha,
+                init_lora_weights="gaussian",
+                target_modules=sorted({k.rsplit(".lora_", 1)[0] for k in subset}),
+            )
+            folder = save_adapter(
+                out / role,
+                subset,
+                role_config,
+                {**info, "role": role, "blocks": list(blocks), "steps": global_step},
+                architecture,
+                config.output_kohya_format,
+            )
+            written[role] = str(folder)
+        summary = {
+            "adapters": written,
+            "steps": global_step,
+            "history": history,
+            "steps_per_second": (global_step - start_step - 1) / max(elapsed, 1e-9),
+            "trainable_params": sum(p.numel() for p in lora_parameters(unet).values())
+            - (frozen.frozen_count() if frozen is not None else 0),
+            "frozen_params": frozen.frozen_count() if frozen is not None else 0,
+            "num_processes": accelerator.num_processes,
+        }
+        write_json_atomic(out / "train_summary.json", summary)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return {
+        "adapters": written,
+        "steps": global_step,
+        "history": history,
+        "num_processes": accelerator.num_processes,
+    }
+
+
+class _null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+
+def save_checkpoint(
+    accelerator: Any, out: Path, step: int, history: list[dict[str, float]], limit: int | None
+) -> Path:
+    """``accelerator.save_state`` into a temporary folder, then rename to ``checkpoint-N`` (never half-written);
+    keep the newest ``limit``."""
+    out.mkdir(parents=True, exist_ok=True)
+    final = out / f"checkpoint-{step}"
+    temp = Path(tempfile.mkdtemp(prefix=f".checkpoint-{step}.", dir=out))
+    try:
+        accelerator.save_state(str(temp))
+        write_json_atomic(temp / "training_state.json", {"global_step": step, "history": history})
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(temp, final)
+    except BaseException:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
+    if limit:
+        for old in list_checkpoints(out)[:-limit]:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+@torch.no_grad()
+def validate(pipe: Any, config: TrainLoRAConfig, out: Path, step: int, accelerator: Any) -> list[Path]:
+    """Generate ``num_validation_images`` for ``validation_prompt`` (fixed seeds) into ``OUT/validation``."""
+    folder = out / "validation"
+    folder.mkdir(parents=True, exist_ok=True)
+    was_training = pipe.unet.training
+    pipe.unet.eval()
+    generators = [torch.Generator().manual_seed(config.seed + i) for i in range(config.num_validation_images)]
+    images = pipe(
+        [config.validation_prompt] * config.num_validation_images,
+        generator=generators,
+        num_inference_steps=config.validation_inference_steps,
+        output_type="pil",
+    ).images
+    pipe.unet.train(was_training)
+    paths = []
+    for i, image in enumerate(images):
+        path = folder / f"step-{step:06d}-{i}.png"
+        image.save(path)
+        paths.append(path)
+    for tracker in accelerator.trackers:
+        if tracker.name == "tensorboard":
+            import numpy as np
+
+            tracker.writer.add_images(
+                "validation", np.stack([np.asarray(im) for im in images]), step, dataformats="NHWC"
+            )
+    return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point (``stylekit train-lora`` wraps ``accelerate launch`` around it). Returns 0 on success."""
+    try:
+        config = parse_config(argv)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    try:
+        summary = run(config)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if summary["adapters"]:
+        print(json.dumps({"adapters": summary["adapters"], "steps": summary["steps"]}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

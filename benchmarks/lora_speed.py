@@ -1,0 +1,139 @@
+"""Training speed and memory of the split LoRAs vs plain peft LoRA on every UNet attention layer; one JSON line.
+
+Usage: ``python benchmarks/lora_speed.py [--model mini] [--steps 40] [--rank 8] [--batch 2] [--device cpu]``
+
+Every method trains the same model on the same world images (rank, batch, steps, seed equal), each in its own
+subprocess so that peak memory is its own: ``plain`` = the stock diffusers DreamBooth-LoRA recipe (peft LoRA
+on to_q/to_k/to_v/to_out.0 of every attention block, ``--method dreambooth``), ``blora`` (content + style
+blocks only), ``b4m`` (content break run: every attention block, half of each projection frozen).
+Reported per method: optimizer steps/s (after one warm-up step), peak memory (CUDA: ``max_memory_allocated``;
+CPU: the process's peak RSS, ``ru_maxrss``) and trainable parameters (B4M's frozen halves are counted apart,
+as ``frozen_params``: they sit in the same tensors but get zero gradient); ``speed_ratio`` = steps/s / plain's, ``peak_memory_ratio`` = peak / plain's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+METHODS = {
+    "plain": ["--method", "dreambooth"],
+    "blora": ["--method", "blora"],
+    "b4m": ["--method", "b4m", "--b4m_role", "content"],
+}
+
+CHILD = r"""
+import json, resource, sys, time, torch
+torch.set_num_threads({threads})
+from stylekit.adapters.train_lora import parse_config, run
+config = parse_config(sys.argv[1:])
+if torch.cuda.is_available():
+    torch.cuda.reset_peak_memory_stats()
+summary = run(config)
+out = json.loads(open(config.output_dir + "/train_summary.json").read())
+peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print("RESULT " + json.dumps({{"steps_per_second": out["steps_per_second"], "trainable_params": out["trainable_params"], "frozen_params": out["frozen_params"], "peak_bytes": peak}}))
+"""
+
+
+def write_data(folder: Path, n: int, size: int, seed: int) -> Path:
+    import numpy as np
+    import PIL.Image
+
+    from stylekit.data import style_set
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, image in enumerate(style_set(np.random.default_rng(seed), n, size=size).images):
+        PIL.Image.fromarray(image).save(folder / f"{i}.png")
+    return folder
+
+
+def measure(method: str, args: argparse.Namespace, data: Path, root: Path) -> dict[str, Any]:
+    """Train ``args.steps`` steps in a subprocess; steps/s, trainable params, peak bytes."""
+    cmd = [
+        sys.executable,
+        "-c",
+        CHILD.format(threads=args.threads),
+        *METHODS[method],
+        "--pretrained_model_name_or_path",
+        args.model,
+        "--instance_data_dir",
+        str(data),
+        "--instance_prompt",
+        "a [v]",
+        "--output_dir",
+        str(root / method),
+        "--rank",
+        str(args.rank),
+        "--max_train_steps",
+        str(args.steps),
+        "--train_batch_size",
+        str(args.batch),
+        "--checkpointing_steps",
+        "0",
+        "--seed",
+        "0",
+    ]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    if result.returncode != 0:
+        raise RuntimeError(f"{method} failed:\n{result.stderr[-3000:]}")
+    line = next(x for x in result.stdout.splitlines() if x.startswith("RESULT "))
+    return json.loads(line.removeprefix("RESULT "))
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="mini")
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--rank", type=int, default=8)
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--size", type=int, default=64)
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    root = Path(tempfile.mkdtemp(prefix="lora_speed_"))
+    data = write_data(root / "data", 4, args.size, 0)
+    results = {m: measure(m, args, data, root) for m in METHODS}
+    plain = results["plain"]
+    report: dict[str, Any] = {
+        "benchmark": "lora_speed",
+        "model": args.model,
+        "rank": args.rank,
+        "steps": args.steps,
+        "batch": args.batch,
+        "device": "cuda" if _cuda() else "cpu",
+    }
+    for method, r in results.items():
+        report[method] = {
+            "steps_per_second": round(r["steps_per_second"], 3),
+            "peak_memory_mb": round(r["peak_bytes"] / 2**20, 1),
+            "trainable_params": r["trainable_params"],
+            "frozen_params": r["frozen_params"],
+            "speed_ratio": round(r["steps_per_second"] / plain["steps_per_second"], 3),
+            "peak_memory_ratio": round(r["peak_bytes"] / plain["peak_bytes"], 3),
+        }
+    report["speed_ratio"] = {m: report[m]["speed_ratio"] for m in ("blora", "b4m")}
+    report["peak_memory_ratio"] = {m: report[m]["peak_memory_ratio"] for m in ("blora", "b4m")}
+    report["trainable_params"] = {m: report[m]["trainable_params"] for m in METHODS}
+    report["seconds"] = round(time.perf_counter() - start, 1)
+    print(json.dumps(report))
+    return report
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,245 @@
+"""LoRA blocks, targeting and files: the shared vocabulary of the split trainers and ``LoRAStyle``.
+
+A *block* is a UNet attention block named as diffusers names modules (``up_blocks.0.attentions.1``,
+``mid_block.attentions.0``). A LoRA targets the attention projections (``to_q``, ``to_k``, ``to_v``,
+``to_out.0`` of ``attn1`` and ``attn2``) of the blocks its role owns. Files are the diffusers LoRA format
+(``pytorch_lora_weights.safetensors``, keys ``unet.<module>.lora.down.weight`` / ``lora.up.weight``), read
+by stock ``pipe.load_lora_weights``; ``save_kohya`` writes the A1111/ComfyUI key layout with ``.alpha``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
+KOHYA_WEIGHT_NAME = "pytorch_lora_weights_kohya.safetensors"
+INFO_NAME = "adapter_info.json"
+PROJECTIONS = ("to_q", "to_k", "to_v", "to_out.0")
+ROLES = ("content", "style")
+
+# Content / style blocks of the B-LoRA split per architecture. SDXL: the B-LoRA paper's blocks. SD 1.x / mini:
+# measured on mini (``python -m stylekit.adapters.lora_block_probe``, docs/lora.md): appearance is learned
+# mostly in ``up_blocks.2``; no block learned a new subject's shape, so content takes the coarse blocks (the
+# bottleneck, as the B-LoRA authors suggest for SD 1.5, and ``up_blocks.1``). Not a clean split.
+BLORA_BLOCKS: dict[str, dict[str, tuple[str, ...]]] = {
+    "sdxl": {"content": ("up_blocks.0.attentions.0",), "style": ("up_blocks.0.attentions.1",)},
+    "sd": {
+        "content": ("mid_block.attentions.0", "up_blocks.1.attentions.0", "up_blocks.1.attentions.1"),
+        "style": ("up_blocks.2.attentions.0", "up_blocks.2.attentions.1"),
+    },
+}
+
+_BLOCK_RE = re.compile(
+    r"^(down_blocks\.\d+\.attentions\.\d+|up_blocks\.\d+\.attentions\.\d+|mid_block\.attentions\.\d+)"
+)
+
+
+def architecture_of(unet: Any) -> str:
+    """``"sdxl"`` for a UNet with SDXL's ``text_time`` added conditioning, else ``"sd"``."""
+    return "sdxl" if getattr(unet.config, "addition_embed_type", None) == "text_time" else "sd"
+
+
+def attention_blocks(unet: Any) -> list[str]:
+    """Names of the UNet's attention blocks (``Transformer2DModel``s), in module order."""
+    return [
+        name
+        for name, module in unet.named_modules()
+        if _BLOCK_RE.fullmatch(name) and hasattr(module, "transformer_blocks")
+    ]
+
+
+def check_blocks(unet: Any, blocks: Iterable[str], argument: str = "blocks") -> tuple[str, ...]:
+    """Validate block names against the UNet.
+
+    Raises:
+        ValueError: a name is not one of the UNet's attention blocks (the message lists them).
+    """
+    blocks = tuple(blocks)
+    if not blocks:
+        raise ValueError(f"{argument}: expected at least one attention block name")
+    known = attention_blocks(unet)
+    unknown = [b for b in blocks if b not in known]
+    if unknown:
+        raise ValueError(f"{argument}: the UNet has no attention block {unknown[0]!r}; it has {known}")
+    return blocks
+
+
+def target_modules(unet: Any, blocks: Iterable[str], projections: Sequence[str] = PROJECTIONS) -> list[str]:
+    """Full module names of the attention projections inside ``blocks`` (validated), for ``LoraConfig``."""
+    prefixes = tuple(f"{b}." for b in check_blocks(unet, blocks))
+    suffixes = tuple(f".{p}" for p in projections)
+    return sorted(
+        name
+        for name, module in unet.named_modules()
+        if name.startswith(prefixes)
+        and name.endswith(suffixes)
+        and isinstance(module, torch.nn.Linear)
+        and (".attn1." in name or ".attn2." in name)
+    )
+
+
+def block_of(key: str) -> str | None:
+    """The attention block a state-dict key / module name lies in (``unet.`` prefix allowed), else None."""
+    match = _BLOCK_RE.match(key.removeprefix("unet."))
+    return match.group(1) if match else None
+
+
+def default_blocks(unet: Any, method: str) -> dict[str, tuple[str, ...]]:
+    """Role -> blocks of a method: ``blora`` the architecture's split; others every attention block."""
+    if method == "blora":
+        return dict(BLORA_BLOCKS[architecture_of(unet)])
+    return {"all": tuple(attention_blocks(unet))}
+
+
+# --------------------------------------------------------------------------------------------- files
+def lora_file(path: str | Path) -> Path:
+    """The weights file of an adapter folder (or the file itself).
+
+    Raises:
+        FileNotFoundError: no such folder/file, or the folder holds no ``pytorch_lora_weights.safetensors``.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / LORA_WEIGHT_NAME
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"LoRA: expected a folder holding {LORA_WEIGHT_NAME} or a .safetensors file, got {path}"
+        )
+    if path.suffix != ".safetensors":
+        raise ValueError(f"LoRA: only .safetensors files are read (nothing is unpickled), got {path}")
+    return path
+
+
+def read_lora(path: str | Path) -> dict[str, torch.Tensor]:
+    """Diffusers-format LoRA tensors of a folder or file (kohya files are converted by diffusers)."""
+    from diffusers import StableDiffusionPipeline
+
+    out = StableDiffusionPipeline.lora_state_dict(str(lora_file(path)))
+    return out[0] if isinstance(out, tuple) else out
+
+
+def check_lora_fits(unet: Any, path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a LoRA file and check that every tensor matches a projection of ``unet`` in shape.
+
+    Returns:
+        The state dict (diffusers keys).
+
+    Raises:
+        ValueError: a key names a module the UNet lacks, or a shape differs (a LoRA for another
+            architecture, e.g. an SDXL LoRA on an SD 1.x model).
+    """
+    state = read_lora(path)
+    modules = dict(unet.named_modules())
+    unet_keys = [
+        k for k in state if k.startswith("unet.") or k.startswith(("down_blocks", "mid_block", "up_blocks"))
+    ]
+    if not unet_keys:
+        raise ValueError(
+            f"LoRA {path}: holds no UNet weights (keys like 'unet.up_blocks...lora.down.weight')"
+        )
+    for key in unet_keys:
+        name = key.removeprefix("unet.")
+        for tag in (".lora.down.weight", ".lora.up.weight", ".lora_A.weight", ".lora_B.weight", ".alpha"):
+            if name.endswith(tag):
+                name = name[: -len(tag)]
+                break
+        name = name.replace(".lora_A", "").replace(".lora_B", "")
+        module = modules.get(name)
+        if not isinstance(module, torch.nn.Linear):
+            raise ValueError(
+                f"LoRA {path}: was trained for another architecture: key {key!r} names module {name!r}, which "
+                f"this UNet ({architecture_of(unet).upper()}, blocks {attention_blocks(unet)[:3]}...) lacks"
+            )
+        tensor = state[key]
+        down = ".down." in key or ".lora_A" in key
+        expected = module.in_features if down else module.out_features
+        got = tensor.shape[1] if down else tensor.shape[0]
+        if tensor.ndim == 2 and got != expected:
+            raise ValueError(
+                f"LoRA {path}: was trained for another architecture: {key!r} has shape {tuple(tensor.shape)}, "
+                f"but {name} is Linear({module.in_features}, {module.out_features})"
+            )
+    return state
+
+
+def _replace_dir(source: Path, target: Path) -> None:
+    """Move a finished folder into place; an old ``target`` is removed only after the new one is there."""
+    from stylekit.training.checkpoint import replace_dir_atomic
+
+    replace_dir_atomic(source, target)
+
+
+def save_adapter(
+    directory: str | Path,
+    peft_state: Mapping[str, torch.Tensor],
+    lora_config: Any,
+    info: Mapping[str, Any],
+    architecture: str = "sd",
+    kohya: bool = False,
+) -> Path:
+    """Write one adapter folder atomically (diffusers format, optional kohya copy, ``adapter_info.json``).
+
+    Args:
+        peft_state: ``get_peft_model_state_dict(unet)`` entries of this adapter (``...lora_A.weight`` keys).
+        lora_config: its ``peft.LoraConfig`` (stored as the file's adapter metadata).
+        info: JSON-serialisable description (method, role, blocks, base model, steps).
+        architecture: ``"sd"`` or ``"sdxl"`` (selects the diffusers pipeline class that writes the file).
+        kohya: also write ``pytorch_lora_weights_kohya.safetensors`` (``lora_unet_*`` keys + ``.alpha``).
+
+    Returns:
+        The adapter folder.
+    """
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers, convert_state_dict_to_kohya
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().float().cpu().contiguous() for k, v in peft_state.items()}
+    temp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        writer = StableDiffusionXLPipeline if architecture == "sdxl" else StableDiffusionPipeline
+        writer.save_lora_weights(
+            temp,
+            unet_lora_layers=convert_state_dict_to_diffusers(dict(state)),
+            unet_lora_adapter_metadata=lora_config.to_dict(),
+        )
+        if kohya:
+            kohya_state = convert_state_dict_to_kohya({f"unet.{k}": v for k, v in state.items()})
+            alpha = float(lora_config.lora_alpha)
+            kohya_state = {
+                k: (torch.tensor(alpha) if k.endswith(".alpha") else v.contiguous())
+                for k, v in kohya_state.items()
+            }
+            save_file(kohya_state, str(temp / KOHYA_WEIGHT_NAME), metadata={"format": "pt"})
+        (temp / INFO_NAME).write_text(json.dumps(dict(info), indent=1, default=str))
+        _replace_dir(temp, directory)
+    except BaseException:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
+    return directory
+
+
+def read_info(path: str | Path) -> dict[str, Any]:
+    """``adapter_info.json`` of an adapter folder ({} when absent)."""
+    folder = Path(path) if Path(path).is_dir() else Path(path).parent
+    info = folder / INFO_NAME
+    return json.loads(info.read_text()) if info.is_file() else {}
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON to ``path`` through a temporary file and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(data, handle, indent=1, default=str)
+    os.replace(temp, path)

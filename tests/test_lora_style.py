@@ -1,0 +1,178 @@
+"""The LoRAStyle conditioner: composition with StyleID, weights, exact restoration, bad files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from stylekit import StyleCondition
+from stylekit.adapters.train_lora import TrainLoRAConfig, run
+from stylekit.data import style_set
+from stylekit.lora import LORA_WEIGHT_NAME
+from stylekit.lora_style import LoRAStyle
+
+
+@pytest.fixture(scope="module")
+def adapters(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("lora_style")
+    data = root / "data"
+    data.mkdir()
+    for i, image in enumerate(style_set(np.random.default_rng(0), 2, size=64).images):
+        PIL.Image.fromarray(image).save(data / f"{i}.png")
+    out = root / "out"
+    run(
+        TrainLoRAConfig(
+            method="blora",
+            pretrained_model_name_or_path="tiny-sd",
+            instance_data_dir=str(data),
+            instance_prompt="a [v]",
+            output_dir=str(out),
+            rank=2,
+            max_train_steps=3,
+            checkpointing_steps=0,
+            learning_rate=5e-2,
+        )
+    )
+    return out
+
+
+def snapshot(pipe) -> tuple[dict[str, torch.Tensor], list[str], dict[str, type]]:
+    state = {k: v.detach().clone() for k, v in pipe.unet.state_dict().items()}
+    processors = {k: type(v) for k, v in pipe.unet.attn_processors.items()}
+    return state, [n for n, _ in pipe.unet.named_modules()], processors
+
+
+def assert_same(before, after) -> None:
+    assert before[1] == after[1]  # no LoRA wrapper left behind
+    assert before[2] == after[2]
+    assert before[0].keys() == after[0].keys()
+    assert all(torch.equal(before[0][k], after[0][k]) for k in before[0])
+
+
+def stylize(pipe, images, conditioners=()):
+    return pipe(
+        content_image=images[0],
+        style=images[1],
+        num_inference_steps=2,
+        output_type="np",
+        conditioners=list(conditioners),
+    ).images
+
+
+@pytest.mark.parametrize("fuse", [False, True])
+def test_composes_with_styleid_and_restores_the_pipeline(tiny_sd, images, adapters, fuse):
+    before = snapshot(tiny_sd)
+    plain = stylize(tiny_sd, images)
+    lora = LoRAStyle(content=adapters / "content", style=adapters / "style", style_weight=4.0, fuse=fuse)
+    styled = stylize(tiny_sd, images, [lora])
+    assert np.abs(styled - plain).max() > 0
+    assert_same(before, snapshot(tiny_sd))
+    assert np.array_equal(stylize(tiny_sd, images), plain)
+
+
+def test_zero_weights_equal_no_lora_and_per_block_weights_apply(tiny_sd, images, adapters):
+    plain = stylize(tiny_sd, images)
+    off = LoRAStyle(
+        content=adapters / "content", style=adapters / "style", content_weight=0.0, style_weight=0.0
+    )
+    np.testing.assert_allclose(stylize(tiny_sd, images, [off]), plain, atol=1e-6)
+    # the SD style adapter lives in up_blocks.2: a per-block dict that zeroes up block 2 switches it off
+    zero_up2 = LoRAStyle(style=adapters / "style", style_weight={"up": {"block_2": 0.0}})
+    np.testing.assert_allclose(stylize(tiny_sd, images, [zero_up2]), plain, atol=1e-6)
+    on = LoRAStyle(style=adapters / "style", style_weight={"up": {"block_2": 4.0}})
+    assert np.abs(stylize(tiny_sd, images, [on]) - plain).max() > 0
+
+
+def test_restored_after_a_failing_call(tiny_sd, images, adapters):
+    before = snapshot(tiny_sd)
+
+    def boom(pipe, step, timestep, kwargs):
+        raise RuntimeError("boom")
+
+    lora = LoRAStyle(style=adapters / "style", fuse=True)
+    with pytest.raises(RuntimeError, match="boom"):
+        tiny_sd(
+            content_image=images[0],
+            style=images[1],
+            num_inference_steps=2,
+            conditioners=[lora],
+            callback_on_step_end=boom,
+        )
+    assert_same(before, snapshot(tiny_sd))
+
+
+def test_keeps_an_adapter_the_pipeline_already_had(tiny_sd, images, adapters):
+    tiny_sd.load_lora_weights(str(adapters / "content"), adapter_name="mine")
+    tiny_sd.set_adapters(["mine"], [0.5])
+    try:
+        before = snapshot(tiny_sd)
+        scales = {n: dict(m.scaling) for n, m in tiny_sd.unet.named_modules() if hasattr(m, "scaling")}
+        stylize(tiny_sd, images, [LoRAStyle(style=adapters / "style")])
+        assert_same(before, snapshot(tiny_sd))
+        assert scales == {
+            n: dict(m.scaling) for n, m in tiny_sd.unet.named_modules() if hasattr(m, "scaling")
+        }
+        assert tiny_sd.get_active_adapters() == ["mine"]
+    finally:
+        tiny_sd.unload_lora_weights()
+
+
+def test_style_condition_lora_and_text_to_image(tiny_sd, images, adapters):
+    from diffusers import StableDiffusionPipeline
+
+    lora = LoRAStyle.from_conditions(StyleCondition(lora=adapters / "style", weight=1.0, steps=(0.0, 0.5)))
+    assert [s.name for s in lora.specs] == ["style"]
+    plain = stylize(tiny_sd, images)
+    assert np.abs(stylize(tiny_sd, images, [lora]) - plain).max() > 0
+    with pytest.raises(ValueError, match="lora"):
+        LoRAStyle.from_conditions(StyleCondition(text="watercolour"))
+
+    text = StableDiffusionPipeline(**tiny_sd.components)
+    text.set_progress_bar_config(disable=True)
+    before = snapshot(text)
+    with LoRAStyle(style=adapters / "style", style_weight=4.0).applied(text):
+        styled = text(
+            "a [v]", num_inference_steps=2, output_type="np", generator=torch.Generator().manual_seed(0)
+        ).images
+    plain = text(
+        "a [v]", num_inference_steps=2, output_type="np", generator=torch.Generator().manual_seed(0)
+    ).images
+    assert np.abs(styled - plain).max() > 0
+    assert_same(before, snapshot(text))
+
+
+def test_lora_for_another_architecture_is_refused(tiny_sdxl, tiny_sd, images, adapters, tmp_path):
+    lora = LoRAStyle(style=adapters / "style")
+    with pytest.raises(ValueError, match="another architecture"):
+        lora.prepare(tiny_sdxl)
+    # same module names, other widths
+    state = load_file(str(adapters / "style" / LORA_WEIGHT_NAME))
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    save_file(
+        {k: torch.zeros(v.shape[0], v.shape[1] + 3) if ".down." in k else v for k, v in state.items()},
+        str(bad / LORA_WEIGHT_NAME),
+    )
+    with pytest.raises(ValueError, match="another architecture"):
+        tiny_sd(
+            content_image=images[0],
+            style=images[1],
+            num_inference_steps=2,
+            conditioners=[LoRAStyle(style=bad)],
+        )
+
+
+def test_bad_arguments(adapters, tmp_path):
+    with pytest.raises(ValueError, match="at least one adapter"):
+        LoRAStyle()
+    with pytest.raises(FileNotFoundError):
+        LoRAStyle(style=tmp_path / "missing")
+    with pytest.raises(ValueError, match="style_weight"):
+        LoRAStyle(style=adapters / "style", style_weight=float("nan"))
+    with pytest.raises(ValueError, match="fuse"):
+        LoRAStyle(style=adapters / "style", fuse=True, steps=(0.0, 0.5))
