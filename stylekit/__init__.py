@@ -14,13 +14,27 @@ _EXPORTS = {
     "StyleCondition": "stylekit.conditioning",
     "Conditioner": "stylekit.conditioning",
     "load_pipeline": "stylekit.models",
+    "AttentionInjection": "stylekit.attention.conditioner",
+    "RegionalStyle": "stylekit.regions",
+    "LoRAStyle": "stylekit.lora_style",
 }
 
-__all__ = ["Conditioner", "StyleCondition", "__version__", "load_pipeline"]
+__all__ = [
+    "AttentionInjection",
+    "Conditioner",
+    "LoRAStyle",
+    "RegionalStyle",
+    "StyleCondition",
+    "__version__",
+    "load_pipeline",
+]
 
 if TYPE_CHECKING:
+    from stylekit.attention.conditioner import AttentionInjection
     from stylekit.conditioning import Conditioner, StyleCondition
+    from stylekit.lora_style import LoRAStyle
     from stylekit.models import load_pipeline
+    from stylekit.regions import RegionalStyle
 
 
 def __getattr__(name: str) -> Any:
