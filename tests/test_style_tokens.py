@@ -1,0 +1,252 @@
+"""Style tokens (stylekit.tokens): invariants on tiny-sd."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_image
+
+from stylekit import StyleCondition
+from stylekit.tokens import (
+    AdapterCompatibilityError,
+    AdapterConfig,
+    LayerShape,
+    StyleTokenAdapter,
+    StyleTokens,
+    layer_scales,
+    text_to_image,
+)
+
+STEPS = dict(num_inference_steps=2, guidance_scale=3.0, height=32, width=32, output_type="np")
+
+
+@pytest.fixture(scope="module")
+def extractor():
+    from stylekit.extractors import load_default
+
+    return load_default()
+
+
+def make_adapter(pipe, extractor, trained: bool = True, seed: int = 0) -> StyleTokenAdapter:
+    """An adapter for ``pipe``; ``trained`` gives its zero-initialised ``to_v_ip`` random weights."""
+    torch.manual_seed(seed)
+    adapter = StyleTokenAdapter.for_unet(
+        pipe.unet, extractor.embed_dim, pipe.text_encoder, extractor.config_hash(), time_embedding=True
+    )
+    if trained:
+        with torch.no_grad():
+            for linear in [*adapter.to_v_ip.values(), adapter.time_proj]:
+                linear.weight.normal_(0.0, 0.5)
+    return adapter
+
+
+def run(pipe, tokens=None, prompt="a red star", seed=0, **kwargs):
+    options = dict(STEPS, **kwargs)
+    return text_to_image(
+        pipe, prompt, tokens, generator=torch.Generator().manual_seed(seed), **options
+    ).images
+
+
+@pytest.fixture(scope="module")
+def style_image():
+    return make_image(7)
+
+
+def test_scale_zero_and_zero_init_give_the_base_image(tiny_sd, extractor, style_image):
+    base = run(tiny_sd)
+    trained = make_adapter(tiny_sd, extractor)
+    condition = StyleCondition(image=style_image)
+    assert np.array_equal(run(tiny_sd, StyleTokens(trained, condition, scale=0.0, extractor=extractor)), base)
+    fresh = make_adapter(tiny_sd, extractor, trained=False)
+    assert np.array_equal(run(tiny_sd, StyleTokens(fresh, condition, extractor=extractor)), base)
+    # three-pass guidance runs a 3-row batch: equal to float rounding (bit-identity depends on batch size)
+    guided = run(tiny_sd, StyleTokens(fresh, condition, style_guidance_scale=2.0, extractor=extractor))
+    np.testing.assert_allclose(guided, base, atol=1e-5)
+    styled = run(tiny_sd, StyleTokens(trained, condition, extractor=extractor))
+    assert np.abs(styled - base).max() > 1e-4  # the invariant above can fail
+    only_time = run(tiny_sd, StyleTokens(trained, condition, scale=0.0, time_scale=1.0, extractor=extractor))
+    assert np.abs(only_time - base).max() > 1e-5  # the timestep-embedding path acts on its own
+
+
+def test_save_load_round_trip(tiny_sd, extractor, style_image, tmp_path):
+    adapter = make_adapter(tiny_sd, extractor, seed=3)
+    adapter.save_pretrained(tmp_path / "adapter")
+    assert sorted(p.name for p in (tmp_path / "adapter").iterdir()) == ["adapter.safetensors", "config.json"]
+    loaded = StyleTokenAdapter.from_pretrained(tmp_path / "adapter")
+    assert loaded.config == adapter.config
+    condition = StyleCondition(image=style_image)
+    a = run(tiny_sd, StyleTokens(adapter, condition, extractor=extractor))
+    b = run(tiny_sd, StyleTokens(tmp_path / "adapter", condition, extractor=extractor))
+    assert np.array_equal(a, b)
+
+
+def test_pipeline_restored_after_call_and_after_failure(tiny_sd, extractor, style_image):
+    before = dict(tiny_sd.unet.attn_processors)
+    hooks = (len(tiny_sd.unet._forward_pre_hooks), len(tiny_sd.unet._forward_hooks))
+    params = sum(1 for _ in tiny_sd.unet.parameters())
+    tokens = StyleTokens(
+        make_adapter(tiny_sd, extractor), style_image, style_guidance_scale=2.0, extractor=extractor
+    )
+    run(tiny_sd, tokens)
+
+    def boom(*_):
+        raise RuntimeError("stop")
+
+    with pytest.raises(RuntimeError, match="stop"):
+        run(tiny_sd, tokens, callback_on_step_end=boom)
+    after = tiny_sd.unet.attn_processors
+    assert after.keys() == before.keys() and all(after[k] is before[k] for k in before)
+    assert (len(tiny_sd.unet._forward_pre_hooks), len(tiny_sd.unet._forward_hooks)) == hooks
+    assert sum(1 for _ in tiny_sd.unet.parameters()) == params
+
+
+def test_per_block_scales_touch_only_the_chosen_blocks(tiny_sd, extractor, style_image):
+    adapter = make_adapter(tiny_sd, extractor)
+    names = [layer.name for layer in adapter.config.layers]
+    scales = layer_scales({"up": {"block_1": [0.0, 1.0]}}, names)
+    chosen = [n for n, s in scales.items() if s]
+    assert chosen == ["up_blocks.1.attentions.1.transformer_blocks.0.attn2.processor"]
+    called: list[str] = []
+    handles = [
+        adapter.layer_projections(name)[1].register_forward_hook(lambda *_, name=name: called.append(name))
+        for name in names
+    ]
+    try:
+        run(
+            tiny_sd, StyleTokens(adapter, style_image, scale={"up": {"block_1": [0, 1]}}, extractor=extractor)
+        )
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert called and set(called) == set(chosen)
+    # a block choice leaves the global timestep-embedding path off
+    assert StyleTokens(adapter, style_image, scale={"up": {"block_1": 1.0}}).time_scale == 0.0
+    # a block choice leaves the global timestep-embedding path off
+    assert StyleTokens(adapter, style_image, scale={"up": {"block_1": 1.0}}).time_scale == 0.0
+    with pytest.raises(ValueError, match="block_9"):
+        StyleTokens(adapter, style_image, scale={"up": {"block_9": 1.0}})
+
+
+def test_three_pass_guidance_formula(tiny_sd, extractor, style_image):
+    """With g_style = g_text, u + g(t - u) + g(ts - t) = u + g(ts - u): the two-pass result."""
+    adapter = make_adapter(tiny_sd, extractor)
+    two_pass = run(tiny_sd, StyleTokens(adapter, style_image, extractor=extractor), output_type="latent")
+    three_pass = run(
+        tiny_sd,
+        StyleTokens(adapter, style_image, style_guidance_scale=3.0, extractor=extractor),
+        output_type="latent",
+    )
+    other = run(
+        tiny_sd,
+        StyleTokens(adapter, style_image, style_guidance_scale=9.0, extractor=extractor),
+        output_type="latent",
+    )
+    torch.testing.assert_close(three_pass, two_pass, rtol=1e-4, atol=1e-5)
+    assert (other - two_pass).abs().max() > 1e-3
+
+
+def test_text_only_and_mixed_styles(tiny_sd, extractor, style_image):
+    adapter = make_adapter(tiny_sd, extractor)
+    base = run(tiny_sd)
+    text = run(
+        tiny_sd,
+        StyleTokens(adapter, StyleCondition(text="dotted blue paper, thick outline"), extractor=extractor),
+    )
+    mixed = run(
+        tiny_sd,
+        StyleTokens(
+            adapter,
+            [
+                StyleCondition(image=style_image, weight=0.7),
+                StyleCondition(text="striped cream paper", weight=0.3),
+            ],
+            extractor=extractor,
+        ),
+    )
+    both = run(
+        tiny_sd, StyleTokens(adapter, StyleCondition(image=style_image, text="striped"), extractor=extractor)
+    )
+    for images in (text, mixed, both):
+        assert images.shape == base.shape and np.isfinite(images).all()
+        assert np.abs(images - base).max() > 1e-5
+
+
+def test_composes_with_styleid_injection(extractor, images):
+    from stylekit import load_pipeline
+
+    pipe = load_pipeline("tiny-sd")
+    pipe.set_progress_bar_config(disable=True)
+    before = dict(pipe.unet.attn_processors)
+    call = dict(
+        content_image=images[0], style=images[1], num_inference_steps=2, height=32, width=32, output_type="np"
+    )
+    plain = pipe(**call).images
+    zero = pipe(
+        **call, conditioners=[StyleTokens(make_adapter(pipe, extractor, trained=False), extractor=extractor)]
+    )
+    assert np.array_equal(zero.images, plain)
+    tokens = StyleTokens(make_adapter(pipe, extractor), extractor=extractor)  # style = the call's style image
+    styled = pipe(**call, conditioners=[tokens]).images
+    assert styled.shape == plain.shape and np.abs(styled - plain).max() > 1e-5
+    trajectory = pipe(**call, cache_strategy="trajectory", conditioners=[tokens]).images
+    assert np.abs(trajectory - styled).max() < 1e-3  # same styled rows, reference rows left alone
+    assert all(pipe.unet.attn_processors[k] is before[k] for k in before)
+
+
+def test_bad_inputs_name_both_shapes(tiny_sd, extractor, tmp_path):
+    adapter = make_adapter(tiny_sd, extractor)
+    d = extractor.embed_dim
+    with pytest.raises(AdapterCompatibilityError, match=rf"\(12,\).*\({d},\)"):
+        StyleTokens(adapter, StyleCondition(embedding=torch.zeros(12)))
+    # An adapter built for another architecture (wider cross-attention everywhere).
+    wide = AdapterConfig(
+        embed_dim=d,
+        cross_attention_dim=768,
+        layers=tuple(LayerShape(layer.name, 320, 768) for layer in adapter.config.layers),
+    )
+    StyleTokenAdapter(wide).save_pretrained(tmp_path / "wide")
+    tokens = StyleTokens(tmp_path / "wide", StyleCondition(embedding=torch.ones(d)))
+    layer = adapter.config.layers[0]
+    expected = rf"\(320, 768\).*\({layer.inner_dim}, {layer.cross_attention_dim}\)"
+    with pytest.raises(AdapterCompatibilityError, match=expected):
+        run(tiny_sd, tokens)
+    # A checkpoint whose weights do not match its config.
+    shutil.copytree(tmp_path / "wide", tmp_path / "mismatch")
+    config = json.loads((tmp_path / "mismatch" / "config.json").read_text())
+    config["cross_attention_dim"] = 64
+    (tmp_path / "mismatch" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(AdapterCompatibilityError, match=r"shape .* in the checkpoint but"):
+        StyleTokenAdapter.from_pretrained(tmp_path / "mismatch")
+    # An extractor of another architecture.
+    from stylekit.extractors import ExtractorConfig, StyleExtractor
+
+    other = StyleExtractor(ExtractorConfig(widths=(8, 16), pooled_stages=(1,), embed_dim=16, head_hidden=0))
+    with pytest.raises(AdapterCompatibilityError, match=rf"\(16,\).*\({d},\)"):
+        run(tiny_sd, StyleTokens(adapter, StyleCondition(image=make_image(1)), extractor=other))
+    with pytest.raises(ValueError, match="needs an image, a text or an embedding"):
+        StyleTokens(adapter, StyleCondition(lora="x.safetensors"))
+
+
+def test_training_resumes_like_an_uninterrupted_run(tmp_path):
+    from safetensors.torch import load_file
+
+    from stylekit.tokens.train import main
+
+    common = [
+        "--pretrained_model_name_or_path", "tiny-sd", "--max_steps", "4", "--batch_size", "2",
+        "--resolution", "32", "--checkpointing_steps", "2", "--log_every", "1", "--warmup_steps", "1",
+    ]  # fmt: skip
+    assert main([*common, "--output_dir", str(tmp_path / "a")]) == 0
+    assert main([*common, "--output_dir", str(tmp_path / "b")]) == 0
+    shutil.rmtree(tmp_path / "b" / "checkpoint-4")
+    shutil.rmtree(tmp_path / "b" / "adapter")
+    assert main([*common, "--output_dir", str(tmp_path / "b"), "--resume_from_checkpoint", "latest"]) == 0
+    a = load_file(str(tmp_path / "a" / "adapter" / "adapter.safetensors"))
+    b = load_file(str(tmp_path / "b" / "adapter" / "adapter.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    fresh = StyleTokenAdapter.from_pretrained(tmp_path / "a" / "adapter")
+    assert any(w.abs().max() > 0 for w in fresh.to_v_ip.parameters())  # it learned something
