@@ -13,11 +13,20 @@ from PIL import Image
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 # script -> (image it writes, its size)
 # Fewer DDIM steps than the scripts' defaults keep the suite quick; the scripts' own defaults run in < 1 min.
-FAST = {"image_transfer.py": ["--steps", "10"], "regions.py": ["--steps", "10"]}
+FAST = {
+    "image_transfer.py": ["--steps", "10"],
+    "regions.py": ["--steps", "10"],
+    "style_tokens.py": ["--steps", "10"],
+    "video_transfer.py": ["--steps", "8"],
+    "lora.py": ["--train-steps", "30", "--steps", "10"],
+}
 OUTPUTS = {
     "image_transfer.py": ("image_transfer.png", (384, 256)),
     "regions.py": ("regions.png", (640, 128)),
     "style_similarity.py": ("style_search.png", (896, 148)),
+    "style_tokens.py": ("style_tokens.png", (640, 128)),
+    "video_transfer.py": ("video_transfer.png", (896, 256)),  # style + 6 frames, source over stylized
+    "lora.py": ("lora.png", (896, 128)),
 }
 
 
