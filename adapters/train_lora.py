@@ -29,7 +29,6 @@ import os
 import re
 import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -50,6 +49,7 @@ from stylekit.lora import (
     target_modules,
     write_json_atomic,
 )
+from stylekit.training.checkpoint import atomic_directory
 
 from .lora_data import ImageSet, PromptCache, cache_latents, draw_batch, load_image_set
 
@@ -738,18 +738,10 @@ def save_checkpoint(
 ) -> Path:
     """``accelerator.save_state`` into a temporary folder, then rename to ``checkpoint-N`` (never half-written);
     keep the newest ``limit``."""
-    out.mkdir(parents=True, exist_ok=True)
     final = out / f"checkpoint-{step}"
-    temp = Path(tempfile.mkdtemp(prefix=f".checkpoint-{step}.", dir=out))
-    try:
+    with atomic_directory(final) as temp:
         accelerator.save_state(str(temp))
         write_json_atomic(temp / "training_state.json", {"global_step": step, "history": history})
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(temp, final)
-    except BaseException:
-        shutil.rmtree(temp, ignore_errors=True)
-        raise
     if limit:
         for old in list_checkpoints(out)[:-limit]:
             shutil.rmtree(old, ignore_errors=True)

@@ -22,7 +22,6 @@ import argparse
 import dataclasses
 import json
 import math
-import tempfile
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -35,8 +34,8 @@ from PIL import Image
 
 from stylekit.images import fit_to_size
 from stylekit.training.checkpoint import (
+    atomic_directory,
     load_checkpoint,
-    replace_dir_atomic,
     resolve_checkpoint,
     save_checkpoint,
 )
@@ -213,16 +212,8 @@ def save_motion_adapter(unet: Any, config: dict[str, Any], path: str | Path) -> 
     path = Path(path)
     adapter = MotionAdapter.from_config(config)
     adapter.load_state_dict(motion_state_dict(unet), strict=True)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
+    with atomic_directory(path) as temp:
         adapter.save_pretrained(temp, safe_serialization=True)
-        replace_dir_atomic(temp, path)
-    except BaseException:
-        import shutil
-
-        shutil.rmtree(temp, ignore_errors=True)
-        raise
     return path
 
 

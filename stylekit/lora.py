@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -171,13 +170,6 @@ def check_lora_fits(unet: Any, path: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def _replace_dir(source: Path, target: Path) -> None:
-    """Move a finished folder into place; an old ``target`` is removed only after the new one is there."""
-    from stylekit.training.checkpoint import replace_dir_atomic
-
-    replace_dir_atomic(source, target)
-
-
 def save_adapter(
     directory: str | Path,
     peft_state: Mapping[str, torch.Tensor],
@@ -202,11 +194,11 @@ def save_adapter(
     from diffusers.utils import convert_state_dict_to_diffusers, convert_state_dict_to_kohya
     from safetensors.torch import save_file
 
+    from stylekit.training.checkpoint import atomic_directory
+
     directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().float().cpu().contiguous() for k, v in peft_state.items()}
-    temp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    try:
+    with atomic_directory(directory) as temp:
         writer = StableDiffusionXLPipeline if architecture == "sdxl" else StableDiffusionPipeline
         writer.save_lora_weights(
             temp,
@@ -222,10 +214,6 @@ def save_adapter(
             }
             save_file(kohya_state, str(temp / KOHYA_WEIGHT_NAME), metadata={"format": "pt"})
         (temp / INFO_NAME).write_text(json.dumps(dict(info), indent=1, default=str))
-        _replace_dir(temp, directory)
-    except BaseException:
-        shutil.rmtree(temp, ignore_errors=True)
-        raise
     return directory
 
 

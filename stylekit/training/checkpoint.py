@@ -13,6 +13,8 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -117,23 +119,14 @@ def save_checkpoint(
         The checkpoint folder.
     """
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     final = directory / checkpoint_name(step)
-    temp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=directory))
-    try:
+    with atomic_directory(final) as temp:
         save_file(_module_tensors(modules), str(temp / "modules.safetensors"))
         save_file(_module_tensors(ema), str(temp / "ema.safetensors"))
         opt_tensors, opt_meta = _flatten_optimizer(optimizer_state)
         save_file(opt_tensors, str(temp / "optimizer.safetensors"))
         meta = dict(state, step=step, modules=sorted(modules), ema=sorted(ema), optimizer=opt_meta)
         (temp / "state.json").write_text(json.dumps(meta, indent=1))
-        _readable(temp)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(temp, final)
-    except BaseException:
-        shutil.rmtree(temp, ignore_errors=True)
-        raise
     if keep is not None:
         for old in list_checkpoints(directory)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
@@ -160,6 +153,22 @@ def _readable(folder: Path) -> None:
     os.chmod(folder, 0o755)
     for path in folder.rglob("*"):
         os.chmod(path, 0o755 if path.is_dir() else 0o644)
+
+
+@contextmanager
+def atomic_directory(target: str | Path) -> Iterator[Path]:
+    """Write a folder atomically: yields an empty temporary folder next to ``target``; when the block ends
+    normally it replaces ``target`` (:func:`replace_dir_atomic`), when it raises it is removed, so ``target``
+    is never half-written."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        yield temp
+        replace_dir_atomic(temp, target)
+    except BaseException:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
 
 
 def replace_dir_atomic(source: Path, target: Path) -> None:

@@ -18,7 +18,6 @@ import argparse
 import json
 import math
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -43,7 +42,7 @@ from .architecture import (
     count_parameters,
     fold_latent_normalization,
 )
-from .checkpoint import load_checkpoint, replace_dir_atomic, resolve_checkpoint, save_checkpoint
+from .checkpoint import atomic_directory, load_checkpoint, resolve_checkpoint, save_checkpoint
 from .data import STAGE_IDS, build_latent_pool, pool_rows, step_rng, world_batch
 from .ema import EMA
 
@@ -232,19 +231,14 @@ def _save_component(module: Any, target: Path) -> None:
 
     from diffusers.utils import logging as diffusers_logging
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     verbosity = diffusers_logging.get_verbosity()
     try:
-        if isinstance(module, torch.nn.Module):
-            diffusers_logging.set_verbosity_error()  # the fp16 cast is deliberate: no "keep in fp32" warning
-            copy.deepcopy(module).to(torch.float16).save_pretrained(temp, safe_serialization=True)
-        else:
-            module.save_pretrained(temp)
-        replace_dir_atomic(temp, target)
-    except BaseException:
-        shutil.rmtree(temp, ignore_errors=True)
-        raise
+        with atomic_directory(target) as temp:
+            if isinstance(module, torch.nn.Module):
+                diffusers_logging.set_verbosity_error()  # the fp16 cast is deliberate: no "keep in fp32" warning
+                copy.deepcopy(module).to(torch.float16).save_pretrained(temp, safe_serialization=True)
+            else:
+                module.save_pretrained(temp)
     finally:
         diffusers_logging.set_verbosity(verbosity)
 
