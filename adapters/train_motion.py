@@ -76,6 +76,7 @@ class MotionTrainConfig:
     threads: int = 0
     progress: bool = True
     export_dir: str | None = None
+    export_fp16: bool = False  # save the exported adapter in fp16 (half the size; loads as fp32 by default)
 
     def __post_init__(self) -> None:
         for name in ("frames", "resolution", "batch_size", "max_steps"):
@@ -200,18 +201,23 @@ def motion_state_dict(unet: Any) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone() for k, v in unet.state_dict().items() if "motion_modules" in k}
 
 
-def save_motion_adapter(unet: Any, config: dict[str, Any], path: str | Path) -> Path:
+def save_motion_adapter(
+    unet: Any, config: dict[str, Any], path: str | Path, dtype: torch.dtype | None = None
+) -> Path:
     """Save ``unet``'s motion modules as a ``MotionAdapter`` with the full ``config``, atomically.
 
     Unlike ``UNetMotionModel.save_motion_modules`` every config entry is kept (transformer depths, mid
     block layers, heads per block, ``conv_in_channels``), so ``MotionAdapter.from_pretrained`` rebuilds
-    exactly the trained modules. Returns the folder.
+    exactly the trained modules. ``dtype`` (e.g. ``torch.float16``) casts the saved weights. Returns the
+    folder.
     """
     from diffusers import MotionAdapter
 
     path = Path(path)
     adapter = MotionAdapter.from_config(config)
     adapter.load_state_dict(motion_state_dict(unet), strict=True)
+    if dtype is not None:
+        adapter.to(dtype)
     with atomic_directory(path) as temp:
         adapter.save_pretrained(temp, safe_serialization=True)
     return path
@@ -392,7 +398,8 @@ def train(config: MotionTrainConfig) -> dict[str, Any]:
     accelerator.wait_for_everyone()
     export = Path(config.export_dir) if config.export_dir else output_dir / ADAPTER_DIR
     if accelerator.is_main_process:
-        save_motion_adapter(accelerator.unwrap_model(unet), adapter_cfg, export)
+        dtype = torch.float16 if config.export_fp16 else None
+        save_motion_adapter(accelerator.unwrap_model(unet), adapter_cfg, export, dtype=dtype)
     accelerator.wait_for_everyone()
     return {
         "steps": config.max_steps,

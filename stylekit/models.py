@@ -20,6 +20,9 @@ import torch
 
 ASSETS = Path(__file__).parent / "assets"
 MINI_PATH = ASSETS / "mini"
+MOTION_ADAPTER_MINI_PATH = (
+    ASSETS / "motion_adapter_mini"
+)  # a diffusers MotionAdapter for mini (docs/video.md)
 
 ALIASES: dict[str, str] = {
     "sd15": "stable-diffusion-v1-5/stable-diffusion-v1-5",

@@ -117,3 +117,38 @@ def test_scaled_motion_delta():
             torch.testing.assert_close(out[key], b[key] + scale * (t[key] - b[key]))
     with pytest.raises(MotionAdapterMismatch):
         scaled_motion_delta(base, tiny_motion_adapter(unet, motion_max_seq_length=8), -1.0)
+
+
+def test_shipped_mini_motion_adapter_loads_in_stock_diffusers_and_fits_mini(tmp_path):
+    from diffusers import MotionAdapter
+
+    from stylekit import load_pipeline
+    from stylekit.models import MOTION_ADAPTER_MINI_PATH
+    from stylekit.video_models import motion_unet
+
+    adapter = MotionAdapter.from_pretrained(MOTION_ADAPTER_MINI_PATH)
+    assert next(adapter.parameters()).dtype == torch.float32  # shipped fp16, loaded fp32 by default
+    pipe = load_pipeline("mini", kind="text-to-image")
+    model = motion_unet(pipe.unet, adapter)  # raises MotionAdapterMismatch for another UNet
+    latents = torch.randn(
+        1, pipe.unet.config.in_channels, 4, 16, 16, generator=torch.Generator().manual_seed(0)
+    )
+    context = torch.zeros(4, 8, pipe.text_encoder.config.hidden_size)
+    with torch.no_grad():
+        out = model(latents, 500, encoder_hidden_states=context).sample
+    assert out.shape == latents.shape and torch.isfinite(out).all()
+    # the trained temporal layers do something: zeroing them changes the output
+    for name, param in model.named_parameters():
+        if "motion_modules" in name and "proj_out" in name:
+            param.data.zero_()
+    with torch.no_grad():
+        assert not torch.allclose(model(latents, 500, encoder_hidden_states=context).sample, out)
+
+
+def test_export_fp16_halves_the_adapter(tmp_path):
+    main(flags(tmp_path, "--max_steps", "1", "--export_fp16"))
+    from safetensors import safe_open
+
+    weights = next((tmp_path / "motion_adapter").glob("*.safetensors"))
+    with safe_open(str(weights), "pt") as handle:
+        assert {handle.get_tensor(k).dtype for k in handle.keys()} == {torch.float16}
