@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from stylekit.attention.injection import attention
+from stylekit.attention.injection import multihead_attention, self_attention_output, self_attention_tokens
 
 ANCHORS = ("first", "previous")
 
@@ -66,6 +66,21 @@ class CrossFrameState:
             )
         return self._first[key]
 
+    def anchor_kv(
+        self, layer: str, k5: torch.Tensor, v5: torch.Tensor
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """The anchors' keys and values for every frame, each ``(videos, frames, tokens, C)`` like ``k5`` /
+        ``v5``: the first frame's (from the store) and the previous frame's (frame 0 uses itself)."""
+        keys, values = [], []
+        if "first" in self.anchors:
+            k_first, v_first = self.first_kv(layer, k5, v5)
+            keys.append(k_first.expand_as(k5))
+            values.append(v_first.expand_as(v5))
+        if "previous" in self.anchors:
+            keys.append(torch.cat([k5[:, :1], k5[:, :-1]], dim=1))
+            values.append(torch.cat([v5[:, :1], v5[:, :-1]], dim=1))
+        return keys, values
+
     def stored_bytes(self) -> int:
         return sum(
             k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in self._first.values()
@@ -99,14 +114,7 @@ class CrossFrameProcessor:
                 attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs
             )
         residual = hidden_states
-        if attn.spatial_norm is not None:
-            hidden_states = attn.spatial_norm(hidden_states, temb)
-        input_ndim = hidden_states.ndim
-        if input_ndim == 4:
-            batch, channel, height, width = hidden_states.shape
-            hidden_states = hidden_states.view(batch, channel, height * width).transpose(1, 2)
-        if attn.group_norm is not None:
-            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+        hidden_states, shape = self_attention_tokens(attn, hidden_states, temb)
         query = attn.to_q(hidden_states)
         key = attn.to_k(hidden_states)
         value = attn.to_v(hidden_states)
@@ -117,34 +125,11 @@ class CrossFrameProcessor:
         k5 = key.view(rows // frames, frames, tokens, channels)
         v5 = value.view(rows // frames, frames, tokens, channels)
         keys, values = ([k5], [v5]) if state.include_self else ([], [])
-        if "first" in state.anchors:
-            k_first, v_first = state.first_kv(self.layer, k5, v5)
-            keys.append(k_first.expand_as(k5))
-            values.append(v_first.expand_as(v5))
-        if "previous" in state.anchors:
-            keys.append(torch.cat([k5[:, :1], k5[:, :-1]], dim=1))
-            values.append(torch.cat([v5[:, :1], v5[:, :-1]], dim=1))
-        key = torch.cat(keys, dim=2).reshape(rows, -1, channels)
-        value = torch.cat(values, dim=2).reshape(rows, -1, channels)
-
-        head_dim = channels // attn.heads
-
-        def heads(x: torch.Tensor) -> torch.Tensor:
-            return x.view(rows, -1, attn.heads, head_dim).transpose(1, 2)
-
-        q, k, v = heads(query), heads(key), heads(value)
-        if attn.norm_q is not None:
-            q = attn.norm_q(q)
-        if attn.norm_k is not None:
-            k = attn.norm_k(k)
-        out = attention(q, k, v, state.backend)  # type: ignore[arg-type]
-        hidden_states = out.transpose(1, 2).reshape(rows, -1, attn.heads * head_dim).to(query.dtype)
-        hidden_states = attn.to_out[1](attn.to_out[0](hidden_states))
-        if input_ndim == 4:
-            hidden_states = hidden_states.transpose(-1, -2).reshape(batch, channel, height, width)
-        if attn.residual_connection:
-            hidden_states = hidden_states + residual
-        return hidden_states / attn.rescale_output_factor
+        anchor_keys, anchor_values = state.anchor_kv(self.layer, k5, v5)
+        key = torch.cat(keys + anchor_keys, dim=2).reshape(rows, -1, channels)
+        value = torch.cat(values + anchor_values, dim=2).reshape(rows, -1, channels)
+        hidden_states = multihead_attention(attn, query, key, value, state.backend)  # type: ignore[arg-type]
+        return self_attention_output(attn, hidden_states, residual, shape)
 
 
 @contextmanager
@@ -196,14 +181,7 @@ class AnchoredInjectionProcessor:
                 attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs
             )
         residual = hidden_states
-        if attn.spatial_norm is not None:
-            hidden_states = attn.spatial_norm(hidden_states, temb)
-        input_ndim = hidden_states.ndim
-        if input_ndim == 4:
-            batch, channel, height, width = hidden_states.shape
-            hidden_states = hidden_states.view(batch, channel, height * width).transpose(1, 2)
-        if attn.group_norm is not None:
-            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+        hidden_states, shape = self_attention_tokens(attn, hidden_states, temb)
         query = attn.to_q(hidden_states)
         key = attn.to_k(hidden_states)
         value = attn.to_v(hidden_states)
@@ -212,26 +190,13 @@ class AnchoredInjectionProcessor:
         frames = self.state.frames
         k5 = key.view(rows // frames, frames, tokens, channels)
         v5 = value.view(rows // frames, frames, tokens, channels)
-        keys, values = (
-            [k_style.view(rows // frames, frames, -1, channels)],
-            [v_style.view(rows // frames, frames, -1, channels)],
-        )
-        if "first" in self.state.anchors:
-            k_first, v_first = self.state.first_kv(self.layer, k5, v5)
-            keys.append(k_first.expand_as(k5))
-            values.append(v_first.expand_as(v5))
-        if "previous" in self.state.anchors:
-            keys.append(torch.cat([k5[:, :1], k5[:, :-1]], dim=1))
-            values.append(torch.cat([v5[:, :1], v5[:, :-1]], dim=1))
+        anchor_keys, anchor_values = self.state.anchor_kv(self.layer, k5, v5)
+        keys = [k_style.view(rows // frames, frames, -1, channels), *anchor_keys]
+        values = [v_style.view(rows // frames, frames, -1, channels), *anchor_values]
         key = torch.cat(keys, dim=2).reshape(rows, -1, channels)
         value = torch.cat(values, dim=2).reshape(rows, -1, channels)
         hidden_states = self.inner._attend(attn, q, key, value)
-        hidden_states = attn.to_out[1](attn.to_out[0](hidden_states))
-        if input_ndim == 4:
-            hidden_states = hidden_states.transpose(-1, -2).reshape(batch, channel, height, width)
-        if attn.residual_connection:
-            hidden_states = hidden_states + residual
-        return hidden_states / attn.rescale_output_factor
+        return self_attention_output(attn, hidden_states, residual, shape)
 
 
 @contextmanager

@@ -206,6 +206,56 @@ def attention(
     return (scores.softmax(dim=-1) @ value.float()).to(query.dtype)
 
 
+def self_attention_tokens(
+    attn: Any, hidden_states: torch.Tensor, temb: torch.Tensor | None
+) -> tuple[torch.Tensor, tuple[int, ...] | None]:
+    """diffusers' self-attention prologue: spatial norm, ``(B, C, H, W)`` -> ``(B, H*W, C)``, group norm.
+
+    Returns the tokens and the 4-D input shape (None for 3-D input), for :func:`self_attention_output`.
+    """
+    if attn.spatial_norm is not None:
+        hidden_states = attn.spatial_norm(hidden_states, temb)
+    shape = tuple(hidden_states.shape) if hidden_states.ndim == 4 else None
+    if shape is not None:
+        batch, channel, height, width = shape
+        hidden_states = hidden_states.view(batch, channel, height * width).transpose(1, 2)
+    if attn.group_norm is not None:
+        hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+    return hidden_states, shape
+
+
+def self_attention_output(
+    attn: Any, hidden_states: torch.Tensor, residual: torch.Tensor, shape: tuple[int, ...] | None
+) -> torch.Tensor:
+    """diffusers' self-attention epilogue: output projection, back to ``shape``, residual, rescale."""
+    hidden_states = attn.to_out[1](attn.to_out[0](hidden_states))
+    if shape is not None:
+        hidden_states = hidden_states.transpose(-1, -2).reshape(*shape)
+    if attn.residual_connection:
+        hidden_states = hidden_states + residual
+    return hidden_states / attn.rescale_output_factor
+
+
+def multihead_attention(
+    attn: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, backend: Backend = "sdpa"
+) -> torch.Tensor:
+    """``(B, Nq, C)``, ``(B, Nk, C)`` x2 -> ``(B, Nq, C)``: split into ``attn.heads`` heads, the layer's q/k
+    norms, :func:`attention`, heads merged."""
+    batch = query.shape[0]
+    head_dim = key.shape[-1] // attn.heads
+
+    def heads(x: torch.Tensor) -> torch.Tensor:
+        return x.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
+
+    query, key, value = heads(query), heads(key), heads(value)
+    if attn.norm_q is not None:
+        query = attn.norm_q(query)
+    if attn.norm_k is not None:
+        key = attn.norm_k(key)
+    out = attention(query, key, value, backend)
+    return out.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim).to(query.dtype)
+
+
 class StyleInjectionProcessor:
     """Attention processor for a targeted self-attention layer; see the module docstring.
 
@@ -237,15 +287,7 @@ class StyleInjectionProcessor:
             raise ValueError("StyleInjectionProcessor does not support self-attention masks")
 
         residual = hidden_states
-        if attn.spatial_norm is not None:
-            hidden_states = attn.spatial_norm(hidden_states, temb)
-        input_ndim = hidden_states.ndim
-        if input_ndim == 4:
-            batch, channel, height, width = hidden_states.shape
-            hidden_states = hidden_states.view(batch, channel, height * width).transpose(1, 2)
-        if attn.group_norm is not None:
-            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
-
+        hidden_states, shape = self_attention_tokens(attn, hidden_states, temb)
         query = attn.to_q(hidden_states)
         key = attn.to_k(hidden_states)
         value = attn.to_v(hidden_states)
@@ -268,28 +310,10 @@ class StyleInjectionProcessor:
             keep = token_mask(ctrl.token_masks, plain.shape[1]).to(plain.dtype)
             restricted = keep * hidden_states[refs:] + (1 - keep) * plain
             hidden_states = torch.cat([hidden_states[:refs], restricted]) if refs else restricted
-        hidden_states = attn.to_out[0](hidden_states)
-        hidden_states = attn.to_out[1](hidden_states)
-        if input_ndim == 4:
-            hidden_states = hidden_states.transpose(-1, -2).reshape(batch, channel, height, width)
-        if attn.residual_connection:
-            hidden_states = hidden_states + residual
-        return hidden_states / attn.rescale_output_factor
+        return self_attention_output(attn, hidden_states, residual, shape)
 
     def _attend(self, attn: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-        batch = query.shape[0]
-        head_dim = key.shape[-1] // attn.heads
-
-        def heads(x: torch.Tensor) -> torch.Tensor:
-            return x.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
-
-        query, key, value = heads(query), heads(key), heads(value)
-        if attn.norm_q is not None:
-            query = attn.norm_q(query)
-        if attn.norm_k is not None:
-            key = attn.norm_k(key)
-        out = attention(query, key, value, self.controller.settings.backend)
-        return out.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim).to(query.dtype)
+        return multihead_attention(attn, query, key, value, self.controller.settings.backend)
 
 
 @contextmanager
