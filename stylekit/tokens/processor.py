@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from stylekit.attention.injection import multihead_attention
+
 
 @dataclass
 class TokenState:
@@ -99,7 +101,7 @@ class StyleTokenProcessor:
             x = attn.group_norm(x.transpose(1, 2)).transpose(1, 2)
         context = state.context.to(device=x.device, dtype=x.dtype)
         context = context[torch.arange(len(index), device=x.device) % len(context)]
-        style = self._attend(attn, attn.to_q(x), self.to_k_ip(context), self.to_v_ip(context))
+        style = multihead_attention(attn, attn.to_q(x), self.to_k_ip(context), self.to_v_ip(context))
         style = F.linear(style, attn.to_out[0].weight) / attn.rescale_output_factor
         if four_d:
             style = style.transpose(-1, -2).reshape(len(index), c, h, w)
@@ -108,22 +110,6 @@ class StyleTokenProcessor:
         if len(index) == out.shape[0]:
             return out + delta
         return out.index_add(0, index, delta.to(out.dtype))
-
-    @staticmethod
-    def _attend(attn: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-        batch = query.shape[0]
-        head_dim = key.shape[-1] // attn.heads
-
-        def heads(t: torch.Tensor) -> torch.Tensor:
-            return t.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
-
-        q, k, v = heads(query), heads(key), heads(value)
-        if attn.norm_q is not None:
-            q = attn.norm_q(q)
-        if attn.norm_k is not None:
-            k = attn.norm_k(k)
-        out = F.scaled_dot_product_attention(q, k, v)
-        return out.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim).to(query.dtype)
 
 
 def add_time_delta(state: TokenState, output: torch.Tensor) -> torch.Tensor:
