@@ -87,11 +87,14 @@ class StyleInjectionMixin:
         width: int | None,
         output_type: str,
         cache_strategy: str | None,
-    ) -> tuple[list[PIL.Image.Image], list[StyleCondition], list[PIL.Image.Image], tuple[str, ...], int, int]:
+    ) -> tuple[
+        list[PIL.Image.Image], list[StyleCondition], list[PIL.Image.Image | None], tuple[str, ...], int, int
+    ]:
         """Validate every argument and load every image before any model work.
 
         Returns:
-            (content images, style conditions, style images, layer names, height, width).
+            (content images, style conditions, style images (None for a masked condition without an
+            image: a LoRA / style-token region), layer names, height, width).
 
         Raises:
             ValueError / TypeError naming the argument and what was expected.
@@ -123,11 +126,18 @@ class StyleInjectionMixin:
         conditions = [as_condition(s) for s in _as_list(style)]
         if not conditions:
             raise ValueError("style: expected at least one style image or StyleCondition")
+        regional = any(c.mask is not None for c in conditions)
         for index, condition in enumerate(conditions):
-            if condition.image is None:
-                raise ValueError(f"style[{index}]: StyleID needs StyleCondition.image (a reference image)")
+            if condition.image is None and not regional:
+                raise ValueError(
+                    f"style[{index}]: StyleID needs StyleCondition.image (a reference image); a condition "
+                    "with a mask may instead carry lora=, embedding= or text= (a LoRA / style-token region)"
+                )
         content_images = [load_image(c, f"content_image[{i}]") for i, c in enumerate(contents)]
-        style_images = [load_image(c.image, f"style[{i}].image") for i, c in enumerate(conditions)]
+        style_images = [
+            None if c.image is None else load_image(c.image, f"style[{i}].image")
+            for i, c in enumerate(conditions)
+        ]
         return content_images, conditions, style_images, layer_names, height, width
 
     def decode_to_output(
@@ -176,6 +186,7 @@ class StyleInjectionMixin:
         cache: InversionCache | bool = True,
         cache_strategy: str | None = None,
         conditioners: Sequence[Conditioner] = (),
+        style_token_adapter: Any = None,
         attention_backend: str = "sdpa",
         callback_on_step_end: Callable[[Any, int, Any, dict[str, Any]], dict[str, Any]] | None = None,
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
@@ -187,7 +198,9 @@ class StyleInjectionMixin:
             style: one style image / ``StyleCondition`` or a list; ``StyleCondition.steps`` limits the
                 injection to a fraction of the schedule. When a condition has a ``mask``, each style acts
                 only in its region (None = everywhere), overlaps blend by ``weight``, the rest stays the
-                content, and there is one output per content (``stylekit.regions.RegionalStyle``).
+                content, and there is one output per content (``stylekit.regions.RegionalStyle``). A masked
+                condition's style may also (or instead of an image) be a LoRA (``lora``) or style tokens
+                (``embedding`` / ``text``), per region (``stylekit.regions.RegionAdapters``).
             gamma: query preservation, in [0, 1] (1 keeps the content query).
             temperature: attention temperature T > 0 on injected layers.
             attention_injection / query_preservation / adain: switch each StyleID part (ablations).
@@ -202,6 +215,8 @@ class StyleInjectionMixin:
                 False = no reuse.
             cache_strategy: "features" or "trajectory" (default: the pipeline's ``default_cache_strategy``).
             conditioners: extra conditioners composed into this call.
+            style_token_adapter: the ``StyleTokenAdapter`` (or its folder) for regions given as ``embedding``
+                / ``text``; None = the bundled one (``stylekit.tokens.load_default_adapter``).
             attention_backend: "sdpa" or "math".
             callback_on_step_end: diffusers-style ``f(pipe, step, timestep, kwargs) -> dict``.
 
@@ -221,14 +236,19 @@ class StyleInjectionMixin:
             cache_strategy,
         )
         # Masked conditions: one output per content, each style in its region (validated here, before model work).
-        regional = RegionalStyle.from_conditions(conditions, [im.size for im in contents])
+        regional = RegionalStyle.from_conditions(
+            conditions, [im.size for im in contents], style_token_adapter=style_token_adapter
+        )
+        preset = preset_of(layers)
+        if regional is not None:
+            official = bool(preset and preset.official_timing)
+            regional.check_pipeline(self, conditioners, adain=adain, official_timing=official)
         unknown = set(callback_on_step_end_tensor_inputs) - set(self._callback_tensor_inputs)
         if unknown:
             raise ValueError(f"callback_on_step_end_tensor_inputs: unknown names {sorted(unknown)}")
         settings = InjectionSettings(
             gamma, temperature, attention_injection, query_preservation, attention_backend
         )  # type: ignore[arg-type]
-        preset = preset_of(layers)
         inversion_cache = self.inversion_cache if cache is True else (cache or None)
         injection = AttentionInjection(
             layer_names,
@@ -240,7 +260,12 @@ class StyleInjectionMixin:
         )
         rows = [Row(c, s, conditions[s].steps) for c in range(len(contents)) for s in range(len(conditions))]
         content_pixels = torch.stack([to_tensor(fit_to_size(im, width, height)) for im in contents])
-        style_pixels = torch.stack([to_tensor(fit_to_size(im, width, height)) for im in style_images])
+        # A region without a reference image (LoRA / style tokens) runs with the injection off; its slot
+        # borrows another style's image (inverted anyway), else the first content's (inverted once more, as a style).
+        placeholder = next((im for im in style_images if im is not None), contents[0])
+        style_pixels = torch.stack(
+            [to_tensor(fit_to_size(placeholder if im is None else im, width, height)) for im in style_images]
+        )
 
         device = self._execution_device
         self.__dict__["_call_device"] = device  # _execution_device is slow to ask; fixed for the call

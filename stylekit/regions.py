@@ -19,14 +19,16 @@ Conditioners:
 - ``RegionMask``: keeps everything outside one mask as the content by per-step latent blending with the
   content's inversion trajectory.
 - ``RegionalStyle``: several styles, each in its own region of one output per content (what the StyleID
-  pipelines build from ``StyleCondition.mask``). Design in ``docs/regions.md``.
+  pipelines build from ``StyleCondition.mask``). A region's style is a StyleID reference image, style tokens
+  (``embedding`` / ``text``) and/or a LoRA (``lora``); ``RegionAdapters`` gives each batch row its own
+  tokens and LoRA. Design in ``docs/regions.md``.
 """
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -291,6 +293,214 @@ class RegionMask(ConditionerBase):
         return mask * latents + (1 - mask) * content
 
 
+REGION_LORA_PREFIX = "stylekit_region_"
+"""Adapter name of region ``i``'s LoRA while a regional call runs: ``f"{REGION_LORA_PREFIX}{i}"``."""
+BASE_ADAPTER = "__base__"
+"""peft's name for "no adapter" in a mixed-adapter batch."""
+
+
+class RegionAdapters:
+    """Per-row style tokens and LoRAs for the batch rows of a regional StyleID call.
+
+    The StyleID pipelines run one batch row per (content, style) and ``RegionalStyle`` blends the rows, so a
+    per-row condition is all a region needs:
+
+    - **LoRA** (``StyleCondition.lora``): every region's adapter is loaded for the call
+      (``LoRAStyle``: stock ``pipe.load_lora_weights(..., adapter_name=...)``, exact restoration on exit,
+      also on error) and a forward pre-hook on each of the UNet's peft ``LoraLayer``s passes
+      ``adapter_names`` (one per batch row; ``"__base__"`` = no adapter), so peft's mixed-adapter batch
+      forward runs each row with its own region's adapter only (what ``PeftModel`` does with its private
+      ``_adapter_names_pre_forward_hook``). Unfused only; the UNet must have no other LoRA loaded (peft runs
+      one adapter per row).
+    - **Style tokens** (``StyleCondition.embedding`` / ``text``): one ``StyleTokens(per_row=True)`` for the
+      rows that have tokens; ``TokenState.row_weights`` is 1 on those rows and 0 elsewhere.
+
+    Rows prepended by another conditioner (StyleID's reference rows with ``cache_strategy="trajectory"``)
+    get no adapter and no tokens. A condition's ``steps`` switch its LoRA/tokens on and off along the
+    schedule; its ``weight`` is the region's blend weight (the LoRA acts at scale 1, the tokens at scale 1).
+
+    Args:
+        conditions: the call's conditions (index = style index of the rows).
+        style_token_adapter: a ``StyleTokenAdapter`` or its folder, for conditions with ``embedding`` /
+            ``text`` (None: the bundled one, ``stylekit.tokens.load_default_adapter``).
+    """
+
+    def __init__(self, conditions: Sequence[StyleCondition], style_token_adapter: Any = None) -> None:
+        from stylekit.lora import lora_file
+        from stylekit.lora_style import LoRAStyle
+
+        self.steps = [tuple(float(x) for x in c.steps) for c in conditions]
+        self.loras: dict[int, Path] = {}
+        for index, condition in enumerate(conditions):
+            if condition.lora is None:
+                continue
+            try:
+                lora_file(condition.lora)
+            except (FileNotFoundError, ValueError) as error:
+                raise type(error)(f"style[{index}].lora: {error}") from error
+            self.loras[index] = Path(condition.lora)
+        self.token_conditions = {
+            index: StyleCondition(embedding=c.embedding, text=c.text, weight=c.weight, steps=c.steps)
+            for index, c in enumerate(conditions)
+            if c.embedding is not None or c.text is not None
+        }
+        self.token_adapter: Any = None
+        if self.token_conditions:
+            self.token_adapter = _token_adapter(style_token_adapter, self.token_conditions)
+        self._lora = (
+            LoRAStyle(adapters={f"{REGION_LORA_PREFIX}{i}": (p, 1.0) for i, p in self.loras.items()})
+            if self.loras
+            else None
+        )
+        self._tokens: Any = None
+        self._token_rows: list[int] = []
+        self._context: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)
+        self._rows: list[Any] = []
+        self._names: list[str] = []
+        self.position = 0.0
+
+    def check_pipeline(self, pipe: Any, conditioners: Sequence[Any] = ()) -> None:
+        """Refuse, before any model work, what cannot run on ``pipe``: a LoRA file that cannot be read or
+        was trained for another architecture, LoRAs already loaded in the UNet or a ``LoRAStyle`` among
+        ``conditioners`` (with regional LoRAs), a token adapter that does not fit the UNet, a text style
+        without a text encoder."""
+        from stylekit.lora import check_lora_fits
+        from stylekit.lora_style import LoRAStyle
+
+        if self._lora is not None:
+            loaded = sorted(getattr(pipe.unet, "peft_config", None) or {})
+            if loaded:
+                raise ValueError(
+                    f"style: regional LoRAs run one adapter per batch row (peft mixed batches), but the UNet "
+                    f"already has LoRA adapter(s) {loaded}; unload them first (pipe.unload_lora_weights(); "
+                    "to keep one in the weights, pipe.fuse_lora() before unloading)"
+                )
+            if any(isinstance(c, LoRAStyle) for c in conditioners):
+                raise ValueError(
+                    "conditioners: a LoRAStyle cannot be combined with regional LoRAs "
+                    "(StyleCondition(lora=..., mask=...)); give that LoRA its own region instead"
+                )
+            try:
+                self._lora.prepare(pipe)  # reads and checks every file once
+            except Exception:
+                for index, path in self.loras.items():  # name the culprit
+                    try:
+                        check_lora_fits(pipe.unet, path)
+                    except (FileNotFoundError, ValueError) as error:
+                        raise type(error)(f"style[{index}].lora: {error}") from error
+                    except Exception as error:
+                        raise ValueError(
+                            f"style[{index}].lora: cannot read {path} as a LoRA (.safetensors, diffusers or "
+                            f"kohya keys): {error}"
+                        ) from error
+                raise
+        if self.token_adapter is not None:
+            self.token_adapter.check_unet(pipe.unet)
+            texts = [i for i, c in self.token_conditions.items() if c.text is not None]
+            if texts and getattr(pipe, "text_encoder", None) is None:
+                raise ValueError(f"style[{texts[0]}].text: a text style needs a pipeline with a text_encoder")
+
+    def prepare(self, pipe: Any, **call: Any) -> None:
+        """Embed the token styles of ``call["rows"]`` (one ``Row`` per batch row; ``row.style`` = condition
+        index); ``call`` is the pipeline's prepare call (``num_inference_steps``, ...)."""
+        from stylekit.tokens import StyleTokens
+
+        self._rows = list(call["rows"])
+        self._token_rows = [i for i, row in enumerate(self._rows) if row.style in self.token_conditions]
+        if self._token_rows:
+            styles = [self.token_conditions[self._rows[i].style] for i in self._token_rows]
+            self._tokens = StyleTokens(self.token_adapter, styles, per_row=True)
+            self._tokens.prepare(pipe, **call)
+            self._context = (self._tokens.state.context, self._tokens.state.time_delta)
+
+    @contextmanager
+    def attach(self, pipe: Any) -> Iterator[None]:
+        """Load the LoRAs and wrap the token layers for the call; restore everything on exit."""
+        from peft.tuners.lora import LoraLayer
+
+        with ExitStack() as stack:
+            if self._lora is not None:
+                with warnings.catch_warnings():  # several adapters in one model is the point here
+                    warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+                    stack.enter_context(self._lora.attach(pipe))
+            if self._tokens is not None:
+                stack.enter_context(self._tokens.attach(pipe))
+                stack.callback(self._restore_context)
+            handles = [pipe.unet.register_forward_pre_hook(self._before_unet, with_kwargs=True)]
+            if self._lora is not None:
+                handles += [
+                    module.register_forward_pre_hook(self._pass_adapter_names, with_kwargs=True)
+                    for module in pipe.unet.modules()
+                    if isinstance(module, LoraLayer)
+                ]
+            stack.callback(lambda: [handle.remove() for handle in handles])
+            yield
+
+    def _restore_context(self) -> None:
+        self._tokens.state.context, self._tokens.state.time_delta = self._context
+
+    def _active(self, style: int) -> bool:
+        start, end = self.steps[style]
+        return start <= self.position < end
+
+    def _before_unet(self, module: Any, args: tuple, kwargs: dict) -> None:
+        """Per UNet call: the adapter name and token weight of every batch row (prepended rows: none)."""
+        sample = args[0] if args else kwargs["sample"]
+        batch, rows = int(sample.shape[0]), self._rows
+        extra = batch - len(rows)
+        if extra < 0:
+            raise RuntimeError(f"regional adapters: the UNet batch has {batch} rows, the call {len(rows)}")
+        active = [self._active(row.style) for row in rows]
+        if self._lora is not None:
+            self._names = [BASE_ADAPTER] * extra + [
+                f"{REGION_LORA_PREFIX}{row.style}" if on and row.style in self.loras else BASE_ADAPTER
+                for row, on in zip(rows, active, strict=True)
+            ]
+        if self._tokens is not None:
+            state = self._tokens.state
+            on = [k for k, i in enumerate(self._token_rows) if active[i]]
+            weights = torch.zeros(batch)
+            weights[[extra + self._token_rows[k] for k in on]] = 1.0
+            state.row_weights = weights
+            # TokenState gives the k-th weighted row the k-th context: keep the contexts of active rows.
+            context, time_delta = self._context
+            state.context = context[on] if context is not None and on else context
+            state.time_delta = time_delta[on] if time_delta is not None and on else time_delta
+
+    def _pass_adapter_names(self, module: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        """Forward pre-hook of a peft ``LoraLayer``: run each row with its own adapter. A layer may see a
+        sub-batch: the style-token rows only (``StyleTokenProcessor`` projects the selected rows' queries),
+        or ``rows x frames`` rows (video UNets flatten frames into the batch, frame fastest)."""
+        x = args[0] if args else kwargs["x"]
+        names, rows = self._names, int(x.shape[0])
+        if rows != len(names):
+            state = self._tokens.state if self._tokens is not None else None
+            token_rows = [] if state is None or state.row_weights is None else state.row_weights.nonzero()
+            if len(token_rows) == rows:
+                names = [names[int(i)] for i in token_rows]
+            elif names and rows % len(names) == 0:
+                names = [name for name in names for _ in range(rows // len(names))]
+            else:
+                raise RuntimeError(f"regional LoRA: a layer got {rows} rows for {len(names)} batch rows")
+        return args, {**kwargs, "adapter_names": names}
+
+
+def _token_adapter(adapter: Any, conditions: dict[int, StyleCondition]) -> Any:
+    """The style-token adapter (given, a folder, or the bundled one), checked against the conditions."""
+    from stylekit.tokens import AdapterCompatibilityError, StyleTokenAdapter, load_default_adapter
+
+    if adapter is None:
+        adapter = load_default_adapter()
+    elif not isinstance(adapter, StyleTokenAdapter):
+        adapter = StyleTokenAdapter.from_pretrained(adapter)
+    for index, condition in conditions.items():
+        if condition.embedding is not None:
+            adapter.check_embedding(tuple(condition.embedding.shape), f"style[{index}].embedding")
+        if condition.text is not None and adapter.text_head is None:
+            raise AdapterCompatibilityError(f"style[{index}].text: this style-token adapter has no text head")
+    return adapter
+
+
 class RegionalStyle(ConditionerBase):
     """Each style in its own region of one output per content; outside every region, the content.
 
@@ -317,6 +527,11 @@ class RegionalStyle(ConditionerBase):
             latent cell the region touches, grown by this many cells, at full strength: the inside gets the
             whole-image transfer's strength and the pixel composite (feathered) makes the seam. 0 = area
             coverage of each cell (soft, weaker for small regions).
+        references: per style, whether it has a StyleID reference image (default: all). A row without one
+            runs with the injection off (its token mask is all zeros, so every targeted layer computes its
+            plain self-attention) and starts from the content's own inverted latent (no AdaIN): the row is
+            the content's DDIM reconstruction, changed only by its ``adapters`` (LoRA / style tokens).
+        adapters: per-row LoRAs and style tokens (``RegionAdapters``), or None.
     """
 
     def __init__(
@@ -328,10 +543,19 @@ class RegionalStyle(ConditionerBase):
         restrict_attention: bool = True,
         composite: bool = True,
         latent_dilation: int = 1,
+        references: Sequence[bool] | None = None,
+        adapters: RegionAdapters | None = None,
     ) -> None:
         masks = list(masks)
         if not masks:
             raise ValueError("masks: expected one mask (or None) per style")
+        self.references = [True] * len(masks) if references is None else [bool(r) for r in references]
+        if len(self.references) != len(masks):
+            raise ValueError(
+                f"references: expected {len(masks)} flags (one per mask), got {len(self.references)}"
+            )
+        self.adapters = adapters
+        self._num_steps = 0
         weights = [1.0] * len(masks) if weights is None else [float(w) for w in weights]
         if len(weights) != len(masks):
             raise ValueError(f"weights: expected {len(masks)} weights (one per mask), got {len(weights)}")
@@ -382,17 +606,43 @@ class RegionalStyle(ConditionerBase):
         cls,
         conditions: Sequence[StyleCondition],
         content_sizes: Sequence[tuple[int, int]] = (),
+        style_token_adapter: Any = None,
         **kwargs: Any,
     ) -> RegionalStyle | None:
-        """The regional conditioner for ``conditions`` (their ``mask`` and ``weight``), or None when no
-        condition has a mask. ``content_sizes`` ((width, height) per content image) are checked against
-        the masks (frame count, aspect ratio) before any model work."""
+        """The regional conditioner for ``conditions`` (their ``mask``, ``weight``, ``image``, ``lora``,
+        ``embedding`` / ``text``), or None when no condition has a mask. ``content_sizes`` ((width, height)
+        per content image) are checked against the masks (frame count, aspect ratio) before any model work;
+        ``style_token_adapter`` serves the conditions with ``embedding`` / ``text`` (see ``RegionAdapters``)."""
         if all(c.mask is None for c in conditions):
             return None
-        regional = cls([c.mask for c in conditions], [c.weight for c in conditions], **kwargs)
+        wants_adapters = any(
+            c.lora is not None or c.embedding is not None or c.text is not None for c in conditions
+        )
+        regional = cls(
+            [c.mask for c in conditions],
+            [c.weight for c in conditions],
+            references=[c.image is not None for c in conditions],
+            adapters=RegionAdapters(conditions, style_token_adapter) if wants_adapters else None,
+            **kwargs,
+        )
         if content_sizes:
             regional.check_contents(content_sizes)
         return regional
+
+    def check_pipeline(
+        self, pipe: Any, conditioners: Sequence[Any] = (), adain: bool = True, official_timing: bool = False
+    ) -> None:
+        """Refuse, before any model work, what this pipeline call cannot run (see
+        ``RegionAdapters.check_pipeline``; a style without a reference image under the official timing
+        with AdaIN, whose un-AdaIN'd start latent is not on the content's trajectory)."""
+        if adain and official_timing and not all(self.references):
+            missing = self.references.index(False)
+            raise ValueError(
+                f"style[{missing}]: a region without a reference image (LoRA / style tokens) needs the "
+                "corrected timing: use another layers preset than 'styleid-official', or adain=False"
+            )
+        if self.adapters is not None:
+            self.adapters.check_pipeline(pipe, conditioners)
 
     def check_contents(self, sizes: Sequence[tuple[int, int]]) -> None:
         """Refuse masks that cannot belong to these content images ((width, height) each): a frame count
@@ -462,21 +712,36 @@ class RegionalStyle(ConditionerBase):
             blend[group] = amounts[group] * scale
             rest.append(1 - blend[group].sum(0))
         self._blend, self._rest = blend[:, None], torch.stack(rest)[:, None]
-        self._row_masks = None if (row_masks == 1).all() or not self.restrict_attention else row_masks
+        # Rows without a reference image run with the injection off (a zero token mask: plain self-attention).
+        attention = row_masks.clone() if self.restrict_attention else torch.ones_like(row_masks)
+        attention[[i for i, r in enumerate(rows) if not self.references[r.style]]] = 0.0
+        self._row_masks = None if bool((attention == 1).all()) else attention
         self._injection = injection
         self._trajectories = [injection.content_trajectory(rows[g[0]].content) for g in self._groups]
         timesteps = [int(t) for t in injection.sampling_timesteps]
         self._next_timestep = [*timesteps[1:], None]
         active = torch.tensor([float(w > 0) for w in self.weights]).view(-1, 1, 1, 1)
         self._alpha = (pixels * active).sum(0).clamp(0, 1)[:, None]  # (contents, 1, H, W): regions' union
-        # One start latent per content: the rows' (AdaIN'd) starts blended like every later step.
+        # One start latent per content: the rows' (AdaIN'd) starts blended like every later step. A row
+        # without a reference image starts from the content's own inverted latent (no AdaIN).
         first = timesteps[0]
+        if injection.adain and not all(self.references):
+            start = start.clone()
+            for i, row in enumerate(rows):
+                if not self.references[row.style]:
+                    own = _content_latent(injection.content_trajectory(row.content), first)
+                    if own is None:
+                        raise ValueError("a region without a reference image needs the corrected timing")
+                    start[i] = own.to(start)
         blended = start.clone()
         for g, group in enumerate(self._groups):
             content = _content_latent(self._trajectories[g], first)
             content = start[group[0]] if content is None else content.to(start)
             blended[group] = self._mix(start, group, g, content)
         injection.start_latents = blended
+        self._num_steps = len(timesteps)
+        if self.adapters is not None:
+            self.adapters.prepare(pipe, **{**call, "rows": rows})
 
     def _mix(self, latents: torch.Tensor, group: list[int], g: int, content: torch.Tensor) -> torch.Tensor:
         assert self._blend is not None and self._rest is not None
@@ -490,9 +755,17 @@ class RegionalStyle(ConditionerBase):
         previous = controller.token_masks
         controller.token_masks = self._row_masks
         try:
-            yield
+            if self.adapters is None:
+                yield
+            else:
+                with self.adapters.attach(pipe):
+                    yield
         finally:
             controller.token_masks = previous
+
+    def on_step_begin(self, step_index: int, timestep: int, latents: torch.Tensor) -> None:
+        if self.adapters is not None:
+            self.adapters.position = step_index / max(self._num_steps, 1)
 
     def on_step_end(self, step_index: int, timestep: int, latents: torch.Tensor) -> torch.Tensor:
         target = self._next_timestep[step_index]
