@@ -16,6 +16,11 @@ Per window of frames (sliding, overlapping windows for videos longer than ``wind
    with that window's latents (weights falling linearly across the overlap), so windows join smoothly.
    Finished frames are decoded window by window (and streamed to ``output_path`` if given).
 
+Regions: styles given with a ``mask`` (one mask, or one per frame) act only in their regions; each style
+runs as its own stream of frames and ``stylekit.regions.RegionalStyle`` (masks sliced per window) blends the
+streams with the frames' inversion trajectories after every step and pastes each frame's reconstruction
+outside the regions (``docs/regions.md``).
+
 With ``window_size >= len(video)`` there is a single window and the result is exactly the single-window
 run. The attention processors (of the UNet and of the motion UNet) are restored after every call, also on
 error.
@@ -23,6 +28,7 @@ error.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -45,6 +51,7 @@ from stylekit.cache import CacheKey, InversionCache
 from stylekit.conditioning import Conditioner, ImageLike, StyleCondition, as_condition, attached
 from stylekit.images import fit_to_size, load_image, round_to_factor, to_tensor
 from stylekit.pipelines.style_injection import StyleInjectionPipeline
+from stylekit.regions import MASK_THRESHOLD, MaskSpec, RegionalStyle, frame_sources
 from stylekit.video_attention import CrossFrameState, anchored_injection, cross_frame_processors
 from stylekit.video_io import Video, VideoIOError, VideoWriter, load_video
 from stylekit.video_models import MotionUNetCache, check_motion_adapter
@@ -107,6 +114,57 @@ def video_adain(
     toward the style latent ``(1, C, h, w)`` (the formula of ``stylekit.inversion.adain_latent``)."""
     s_mean, s_std = style.mean(dim=(2, 3), keepdim=True), style.std(dim=(2, 3), keepdim=True)
     return ((latents.float() - mean) / (std + eps) * (s_std + eps) + s_mean).to(latents.dtype)
+
+
+def video_regions(
+    conditions: Sequence[StyleCondition], frames: int, loaded_frames: int, frame_size: tuple[int, int]
+) -> RegionalStyle | None:
+    """The video's ``RegionalStyle`` (each style in its mask's region, every frame a content row), or None
+    when there is one style without a mask. Masks are checked before any model work: one mask (every frame)
+    or one per frame of the video (``frames``; masks for all ``loaded_frames`` are cut to the first
+    ``frames`` when ``max_frames`` shortened the video), of the frames' aspect ratio (``frame_size`` =
+    (width, height)). An empty mask warns (its style has no region). Several styles without masks blend
+    by weight over the whole frame."""
+    if len(conditions) == 1 and conditions[0].mask is None:
+        return None
+    masks: list[Any] = []
+    for index, condition in enumerate(conditions):
+        mask = condition.mask
+        if mask is None:
+            masks.append(None)
+            continue
+        spec = mask if isinstance(mask, MaskSpec) else MaskSpec(mask)
+        sources = frame_sources(spec.source, f"style[{index}].mask")
+        if len(sources) > 1 and len(sources) == loaded_frames and frames < loaded_frames:
+            sources = sources[:frames]
+        elif len(sources) not in (1, frames):
+            raise ValueError(
+                f"style[{index}].mask: got masks for {len(sources)} frames, but the video has {frames} "
+                "frames (give one mask for every frame, or one mask per frame)"
+            )
+        masks.append(MaskSpec(sources, spec.feather, spec.threshold))
+    regional = RegionalStyle(masks, [c.weight for c in conditions])
+    regional.check_contents([frame_size] * frames)
+    return regional
+
+
+def window_regions(regional: RegionalStyle, start: int, end: int) -> RegionalStyle:
+    """``regional`` for the frames ``start:end`` of the video (frame-indexed masks sliced; one-frame masks
+    kept). A region empty in this window is normal (no warning: the video's masks were checked once)."""
+    masks = [
+        None if frames is None else MaskSpec(frames if len(frames) == 1 else frames[start:end], feather)
+        for frames, feather in zip(regional.sources, regional.feathers, strict=True)
+    ]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return RegionalStyle(
+            masks,
+            regional.weights,
+            threshold=MASK_THRESHOLD,
+            restrict_attention=regional.restrict_attention,
+            composite=regional.composite_pixels,
+            latent_dilation=regional.latent_dilation,
+        )
 
 
 class _StyleOnlyCache:
@@ -176,8 +234,10 @@ class VideoStyleTransferPipeline(StyleInjectionPipeline):
         width: int | None,
         max_frames: int | None,
         output_path: str | Path | None,
-    ) -> tuple[Video, StyleCondition, PIL.Image.Image, int, int]:
-        """Validate the video-specific arguments and load the video and style before any model work."""
+    ) -> tuple[Video, list[StyleCondition], list[PIL.Image.Image], RegionalStyle | None, int, int]:
+        """Validate the video-specific arguments and load the video, the styles and their masks before any
+        model work. Returns (video, style conditions, style images, the video's ``RegionalStyle`` or None,
+        height, width)."""
         if window_size is not None and (isinstance(window_size, bool) or int(window_size) < 1):
             raise ValueError(f"window_size: expected None or an integer >= 1, got {window_size!r}")
         if window_size is not None and not 0 <= int(window_overlap) < int(window_size):
@@ -198,15 +258,20 @@ class VideoStyleTransferPipeline(StyleInjectionPipeline):
             parent = Path(output_path).parent
             if not parent.exists():
                 raise VideoIOError(f"output_path: the folder {parent} does not exist")
-        condition = as_condition(style)
-        if condition.image is None:
-            raise ValueError("style: video style transfer needs StyleCondition.image (a reference image)")
-        if condition.mask is not None:
-            raise ValueError("style: masks are not supported by this pipeline yet")
+        conditions = [as_condition(s) for s in (style if isinstance(style, (list, tuple)) else [style])]
+        if not conditions:
+            raise ValueError("style: expected at least one style image or StyleCondition")
+        for index, condition in enumerate(conditions):
+            if condition.image is None:
+                raise ValueError(
+                    f"style[{index}]: video style transfer needs StyleCondition.image (a reference image)"
+                )
         clip = load_video(video, "video")
+        loaded = len(clip)
         if max_frames is not None:
             clip = Video(clip.frames[: int(max_frames)], clip.fps)
-        style_image = load_image(condition.image, "style.image")
+        regional = video_regions(conditions, len(clip), loaded, clip.size)
+        style_images = [load_image(c.image, f"style[{i}].image") for i, c in enumerate(conditions)]
         factor = int(self.vae_scale_factor)
         if height is None or width is None:
             frame_w, frame_h = clip.size
@@ -215,14 +280,14 @@ class VideoStyleTransferPipeline(StyleInjectionPipeline):
             width = width or max(factor, round(frame_w * scale))
         height = round_to_factor(int(height), factor, "height")
         width = round_to_factor(int(width), factor, "width")
-        return clip, condition, style_image, height, width
+        return clip, conditions, style_images, regional, height, width
 
     # ------------------------------------------------------------------------------------ call
     @torch.no_grad()
     def __call__(  # type: ignore[override]
         self,
         video: Any,
-        style: StyleCondition | ImageLike,
+        style: StyleCondition | ImageLike | Sequence[StyleCondition | ImageLike],
         gamma: float = 0.75,
         temperature: float = 1.5,
         attention_injection: bool = True,
@@ -255,7 +320,12 @@ class VideoStyleTransferPipeline(StyleInjectionPipeline):
         Args:
             video: a path (mp4, gif, folder of frames), a ``stylekit.video_io.Video``, a uint8
                 ``(T, H, W, 3)`` array, a ``(T, 3, H, W)`` tensor in [0, 1] or a list of images.
-            style: the style image or a ``StyleCondition`` with ``image`` (``steps`` limits injection).
+            style: the style image or a ``StyleCondition`` with ``image`` (``steps`` limits injection), or a
+                list of them. With a ``mask`` (one mask for every frame, or frame-indexed masks: a list or an
+                ``(F, H, W)`` array with one mask per frame of the video) each style acts only in its region,
+                overlaps blend by ``weight`` and everything outside all the regions stays the frame's VAE
+                reconstruction (``stylekit.regions.RegionalStyle``, each frame a content; masks sliced per
+                window). Several styles without masks blend by weight over the whole frame.
             gamma, temperature, attention_injection, query_preservation, layers: StyleID, as in
                 ``StyleInjectionPipeline``.
             adain: AdaIN of the start latents toward the style's: ``True`` / ``"video"`` normalises every
@@ -350,7 +420,7 @@ class VideoStyleTransferPipeline(StyleInjectionPipeline):
             if controlnet is not None
             else None
         )
-        clip, condition, style_image, height, width = self.check_video_inputs(
+        clip, conditions, style_images, regional, height, width = self.check_video_inputs(
             video, style, adapter, window_size, window_overlap, height, width, max_frames, output_path
         )
         length = len(clip)
@@ -362,7 +432,7 @@ class VideoStyleTransferPipeline(StyleInjectionPipeline):
             )
             if name not in injected
         ]
-        style_pixels = to_tensor(fit_to_size(style_image, width, height))[None]
+        style_pixels = torch.stack([to_tensor(fit_to_size(im, width, height)) for im in style_images])
         inner_cache = self.inversion_cache if cache is True else (cache or InversionCache())
         style_cache = _StyleOnlyCache(inner_cache)  # type: ignore[arg-type]
 
@@ -392,10 +462,11 @@ class VideoStyleTransferPipeline(StyleInjectionPipeline):
                     next_start = windows[index + 1][0] if index + 1 < len(windows) else end
                     shared_before = 0 if index == 0 else windows[index - 1][1] - start
                     shared_after = end - next_start
+                    window_regional = window_regions(regional, start, end) if regional is not None else None
                     latents, carry = self._run_window(
                         clip.frames[start:end],
                         style_pixels,
-                        condition,
+                        conditions,
                         injected,
                         cross_layers,
                         settings,
@@ -416,10 +487,16 @@ class VideoStyleTransferPipeline(StyleInjectionPipeline):
                         callback_on_step_end,
                         bar,
                         control,
+                        window_regional,
                     )
                     carried = carry
-                    finished = latents[: next_start - start] if index + 1 < len(windows) else latents
-                    chunk = self.decode_to_output(finished, "latent" if output_type == "latent" else "np")
+                    keep = next_start - start if index + 1 < len(windows) else end - start
+                    kind = "latent" if output_type == "latent" else "np"
+                    if window_regional is None:
+                        chunk = self.decode_to_output(latents[:keep], kind)
+                    else:  # one row per frame; the composite covers the window, so decode it all
+                        latents = window_regional.select(latents)
+                        chunk = self.decode_to_output(latents, kind, window_regional.composite)[:keep]
                     if writer is not None:
                         writer.extend(np.round(np.clip(chunk, 0, 1) * 255).astype(np.uint8))
                     decoded.append(chunk)
@@ -461,7 +538,7 @@ class VideoStyleTransferPipeline(StyleInjectionPipeline):
         self,
         frames: np.ndarray,
         style_pixels: torch.Tensor,
-        condition: StyleCondition,
+        conditions: Sequence[StyleCondition],
         injected: tuple[str, ...],
         cross_layers: list[str],
         settings: InjectionSettings,
@@ -482,11 +559,21 @@ class VideoStyleTransferPipeline(StyleInjectionPipeline):
         callback_on_step_end: Any,
         bar: Any,
         control: tuple[Any, float, float] | None = None,
+        regional: RegionalStyle | None = None,
     ) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
-        """Invert, then denoise one window. Returns (final latents (F, C, h, w), per-step latents of the
-        last ``shared_after`` frames for the next window, or None)."""
+        """Invert, then denoise one window.
+
+        Rows are style-major: one stream of the window's frames per style (``S`` styles, ``F`` frames:
+        ``S * F`` rows; each stream is one video for cross-frame and temporal attention). With ``regional``
+        the streams are blended after every step (all of a frame's rows equal).
+
+        Returns:
+            (final latents (S * F, C, h, w), per-step latents (S, shared_after, C, h, w) of the last
+            ``shared_after`` frames of every stream for the next window, or None).
+        """
         device = self.__dict__["_call_device"]
         count = len(frames)
+        streams = len(conditions)
         pixels = torch.stack([to_tensor(fit_to_size(PIL.Image.fromarray(f), width, height)) for f in frames])
         adain_mode, video_stats = adain
         injection = AttentionInjection(
@@ -496,33 +583,47 @@ class VideoStyleTransferPipeline(StyleInjectionPipeline):
             strategy="features",
             official_timing=official_timing,
             cache=style_cache,
-            inversion_batch=count + 1,  # the whole window (and the style, when not cached) in one batch
+            # the whole window (and the styles, when not cached) in one batch
+            inversion_batch=count + streams,
         )
         call = {
             "contents": pixels,
             "styles": style_pixels,
-            "rows": [Row(i, 0, condition.steps) for i in range(count)],
+            "rows": [Row(i, s, conditions[s].steps) for s in range(streams) for i in range(count)],
             "num_inference_steps": steps,
             "unet_conditioning": lambda b, dt: self.unet_conditioning(b, dt, height, width),
         }
         injection.prepare(self, **call)
         call["injection"] = injection
-        for conditioner in conditioners:
-            conditioner.prepare(self, **call)
         latents = injection.start_latents.to(device=device, dtype=dtype)
         if adain_mode == "video":
             if holds_first:
                 first = latents[:1].float()
                 video_stats["mean"] = first.mean(dim=(2, 3), keepdim=True)
                 video_stats["std"] = first.std(dim=(2, 3), keepdim=True)
-            style_start = injection.trajectories[injection.style_ids[0]][1][-1][None].float()
-            latents = video_adain(latents, video_stats["mean"], video_stats["std"], style_start)
+            latents = torch.cat(
+                [
+                    video_adain(
+                        stream,
+                        video_stats["mean"],
+                        video_stats["std"],
+                        injection.trajectories[injection.style_ids[s]][1][-1][None].float(),
+                    )
+                    for s, stream in enumerate(latents.split(count))
+                ]
+            )
+        injection.start_latents = latents  # the regions blend the (AdaIN'd) starts of a frame's streams
+        extra = [regional, *conditioners] if regional is not None else list(conditioners)
+        for conditioner in extra:
+            conditioner.prepare(self, **call)
+        latents = injection.start_latents.to(device=device, dtype=dtype)
         timesteps = injection.sampling_timesteps
         self.scheduler.set_timesteps(steps, device=device)
-        conditioning = self.unet_conditioning(count, dtype, height, width)
+        conditioning = self.unet_conditioning(streams * count, dtype, height, width)
         if control is not None:
             tiles = [to_tensor(gray_tile(PIL.Image.fromarray(f), width, height)) for f in frames]
             control_pixels = ((torch.stack(tiles) + 1) / 2).to(device=device, dtype=control[0].dtype)
+            control_pixels = control_pixels.repeat(streams, 1, 1, 1)
         motion = sampler is not self.unet
         if shared_before:
             weights = torch.tensor(
@@ -534,7 +635,7 @@ class VideoStyleTransferPipeline(StyleInjectionPipeline):
         proxy = SimpleNamespace(unet=sampler)
         if state is not None:
             state.frames, state.holds_first = count, holds_first
-        all_conditioners = [injection, *conditioners]
+        all_conditioners = [injection, *extra]
         with (
             cross_frame_processors(
                 sampler, cross_layers if state is not None else [], state or CrossFrameState()
@@ -543,7 +644,7 @@ class VideoStyleTransferPipeline(StyleInjectionPipeline):
             anchored_injection(sampler, state)
             if state is not None and state.include_injected
             else nullcontext(),
-            attached(self, list(conditioners)),
+            attached(self, extra),
         ):
             for i, t in enumerate(timesteps):
                 t = t.to(device)
@@ -565,22 +666,26 @@ class VideoStyleTransferPipeline(StyleInjectionPipeline):
                         "down_block_additional_residuals": down,
                         "mid_block_additional_residual": mid,
                     }
-                if motion:
-                    sample = latents.permute(1, 0, 2, 3)[None]
-                    noise = sampler(sample, t, **conditioning, **residuals, return_dict=False)[0][0]
-                    noise = noise.permute(1, 0, 2, 3)
+                if motion:  # (streams, C, frames, h, w): each style stream is one video
+                    sample = latents.reshape(streams, count, *latents.shape[1:]).permute(0, 2, 1, 3, 4)
+                    noise = sampler(sample, t, **conditioning, **residuals, return_dict=False)[0]
+                    noise = noise.permute(0, 2, 1, 3, 4).reshape(latents.shape)
                 else:
                     noise = sampler(latents, t, **conditioning, **residuals, return_dict=False)[0]
                 latents = self.scheduler.step(noise, t, latents, return_dict=False)[0]
                 if shared_before and carried is not None:
                     previous = carried[i].to(latents.dtype)
-                    latents[:shared_before] = weights * previous + (1 - weights) * latents[:shared_before]
+                    fused = latents.reshape(streams, count, *latents.shape[1:])
+                    fused[:, :shared_before] = weights * previous + (1 - weights) * fused[:, :shared_before]
+                    latents = fused.reshape(latents.shape)
                 for conditioner in all_conditioners:
                     latents = conditioner.on_step_end(i, int(t), latents)
                 if callback_on_step_end is not None:
                     outputs = callback_on_step_end(self, i, t, {"latents": latents})
                     latents = outputs.pop("latents", latents)
                 if record is not None:
-                    record.append(latents[count - shared_after :].clone())
+                    record.append(
+                        latents.reshape(streams, count, *latents.shape[1:])[:, count - shared_after :].clone()
+                    )
                 bar.update()
         return latents, record

@@ -1,7 +1,9 @@
 """``stylekit video IN --style S -o OUT.mp4``: restyle a video (``main(argv)`` for the ``stylekit`` CLI).
 
 IN is an mp4 (or mov/mkv/webm/avi), a gif or a folder of frames; OUT likewise (the type follows the
-suffix; no suffix = a folder of PNG frames). The output keeps the input's frame count and fps and is
+suffix; no suffix = a folder of PNG frames). ``--mask M`` confines the style to a region: a mask image for
+every frame, or a folder of per-frame mask images (one per frame, in name order); outside it the frames
+are kept (their VAE reconstruction). The output keeps the input's frame count and fps and is
 written atomically. Progress: a tqdm bar over windows x steps (plus the inversions), on stderr.
 """
 
@@ -12,7 +14,7 @@ import json
 import sys
 from pathlib import Path
 
-from stylekit.video_io import VideoIOError
+from stylekit.video_io import FRAME_SUFFIXES, VideoIOError, _natural_key
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,6 +26,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--motion-adapter", default=None, help="a diffusers MotionAdapter folder (temporal attention)"
     )
+    parser.add_argument(
+        "--mask",
+        default=None,
+        help="style only this region: a mask image for every frame (white = styled) or a folder of per-frame "
+        "mask images (name order); the rest of each frame is kept",
+    )
+    parser.add_argument("--mask-feather", type=int, default=0, help="soften the mask edge inward by N pixels")
     parser.add_argument("--steps", type=int, default=25, help="DDIM steps")
     parser.add_argument("--window", type=int, default=16, help="frames per window (sliding, overlapping)")
     parser.add_argument("--overlap", type=int, default=4, help="frames shared by consecutive windows")
@@ -36,6 +45,28 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
+
+
+def mask_sources(path: str) -> str | list[Path]:
+    """``--mask``: a mask image path as it is, or a folder's mask images in natural name order."""
+    folder = Path(path)
+    if folder.is_dir():
+        files = sorted(
+            (
+                f
+                for f in folder.iterdir()
+                if f.suffix.lower() in FRAME_SUFFIXES and not f.name.startswith(".")
+            ),
+            key=_natural_key,
+        )
+        if not files:
+            raise FileNotFoundError(
+                f"--mask: the folder has no mask images ({', '.join(FRAME_SUFFIXES)}): {path}"
+            )
+        return files
+    if not folder.is_file():
+        raise FileNotFoundError(f"--mask: file not found: {path}")
+    return path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,6 +87,22 @@ def main(argv: list[str] | None = None) -> int:
         video = read_video(args.input, max_frames=args.max_frames, argument="IN")
         if not Path(args.style).is_file():
             raise InputImageError(f"--style: file not found: {args.style}")
+        style = args.style
+        if args.mask is not None:
+            import warnings
+
+            from stylekit.conditioning import StyleCondition
+            from stylekit.pipelines.video_style_transfer import video_regions
+            from stylekit.regions import MaskSpec
+
+            masks = mask_sources(args.mask)
+            if isinstance(masks, list) and args.max_frames is not None:
+                masks = masks[: len(video)]  # the masks of the frames kept
+            style = StyleCondition(image=args.style, mask=MaskSpec(masks, feather=args.mask_feather))
+            # Checked here before the model loads (the pipeline checks again, and warns about empty masks).
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                video_regions([style], len(video), len(video), video.size)
         adapter = None
         if args.motion_adapter:
             from diffusers import MotionAdapter
@@ -73,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         window = args.window if adapter is None else min(args.window, adapter.config.motion_max_seq_length)
         result = pipe(
             video,
-            args.style,
+            style,
             gamma=args.gamma,
             temperature=args.temperature,
             cross_frame=not args.no_cross_frame,

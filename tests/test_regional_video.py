@@ -1,0 +1,153 @@
+"""Regional style in ``VideoStyleTransferPipeline``: masked styles per frame, the outside kept as each frame's
+VAE reconstruction; sliding windows, cross-frame attention and a motion adapter; refusals before model work.
+tiny-sd + a tiny MotionAdapter, 32 px, 2 steps, 4-6 frames."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import test_video_pipelines as video_tests
+import torch
+from PIL import Image
+from test_video_pipelines import SIZE, STEPS, moving_video, run
+
+from stylekit import StyleCondition
+from stylekit.attention.conditioner import encode_latents
+from stylekit.images import to_tensor
+from stylekit.pipelines.video_style_transfer import video_regions
+from stylekit.regions import MaskSpec
+
+# The video tests' fixtures (tiny-sd video pipeline, tiny motion adapter, style image), reused.
+video_pipe, adapter, style = video_tests.video_pipe, video_tests.adapter, video_tests.style
+
+
+def reconstructions(pipe, video: np.ndarray) -> np.ndarray:
+    """Each frame's VAE round trip, (F, H, W, 3) in [0, 1]."""
+    with torch.no_grad():
+        pixels = torch.stack([to_tensor(Image.fromarray(frame)) for frame in video])
+        decoded = pipe.vae.decode(encode_latents(pipe.vae, pixels) / pipe.vae.config.scaling_factor).sample
+    return pipe.image_processor.postprocess(decoded, output_type="np")
+
+
+def moving_squares(frames: int, size: int = SIZE) -> np.ndarray:
+    """bool (F, H, W): a square moving right by one pixel per frame (frame-indexed masks)."""
+    masks = np.zeros((frames, size, size), bool)
+    for t in range(frames):
+        masks[t, 6:22, 4 + t : 20 + t] = True
+    return masks
+
+
+@pytest.fixture(scope="module")
+def other_style():
+    from conftest import make_image
+
+    return make_image(11, size=SIZE)
+
+
+def test_outside_is_the_reconstruction_inside_changes(video_pipe, style):
+    video = moving_video(4)
+    masks = moving_squares(4)
+    recon = reconstructions(video_pipe, video)
+    plain = run(video_pipe, video, style, cache=False).frames
+    out = run(video_pipe, video, StyleCondition(image=style, mask=masks), cache=False).frames
+    assert out.shape == (4, SIZE, SIZE, 3)
+    np.testing.assert_allclose(out[~masks], recon[~masks], atol=1e-5)  # outside: each frame's reconstruction
+    inside = np.abs(out - recon)[masks].mean()
+    assert inside > 0.5 * np.abs(plain - recon)[masks].mean() > 0  # inside: styled
+    with pytest.warns(UserWarning, match="empty"):
+        empty = run(video_pipe, video, StyleCondition(image=style, mask=np.zeros((SIZE, SIZE))), cache=False)
+    np.testing.assert_allclose(empty.frames, recon, atol=1e-5)  # no region: the content is kept
+
+
+def test_two_regions_two_styles(video_pipe, style, other_style):
+    video = moving_video(3)
+    left = np.zeros((SIZE, SIZE), bool)
+    left[:, : SIZE // 2] = True
+    plain_a = run(video_pipe, video, style, cache=False).frames
+    plain_b = run(video_pipe, video, other_style, cache=False).frames
+    both = run(
+        video_pipe,
+        video,
+        [StyleCondition(image=style, mask=left), StyleCondition(image=other_style, mask=~left)],
+        cache=False,
+    )
+    out = both.frames
+    core_left, core_right = np.s_[:, :, :10], np.s_[:, :, 22:]
+    assert np.abs(out - plain_a)[core_left].mean() < np.abs(out - plain_b)[core_left].mean()
+    assert np.abs(out - plain_b)[core_right].mean() < np.abs(out - plain_a)[core_right].mean()
+    # one stream per style: 2 x 3 frames sampled per step; inversion: 3 frames + 2 styles per step
+    assert both.unet_evals == 2 * 3 * STEPS + (3 + 2) * STEPS
+
+
+def test_full_mask_equals_unmasked_transfer(video_pipe, adapter, style):
+    video = moving_video(4)
+    settings = {"motion_adapter": adapter, "window_size": 8}
+    plain = run(video_pipe, video, style, **settings).frames
+    full = run(video_pipe, video, StyleCondition(image=style, mask=np.ones((SIZE, SIZE))), **settings).frames
+    np.testing.assert_array_equal(full, plain)
+
+
+def test_masks_with_sliding_windows_and_motion_adapter(video_pipe, adapter, style):
+    video = moving_video(6)
+    masks = moving_squares(6)
+    before = dict(video_pipe.unet.attn_processors)
+    settings = {"motion_adapter": adapter, "window_size": 4, "window_overlap": 2}
+    result = run(video_pipe, video, StyleCondition(image=style, mask=MaskSpec(list(masks))), **settings)
+    assert result.windows == [(0, 4), (2, 6)] and result.frames.shape == (6, SIZE, SIZE, 3)
+    recon = reconstructions(video_pipe, video)
+    out = result.frames
+    np.testing.assert_allclose(out[~masks], recon[~masks], atol=1e-5)
+    assert np.abs(out - recon)[masks].mean() > 1e-2
+    after = video_pipe.unet.attn_processors
+    assert all(after[k] is before[k] for k in before)
+    # every window equals the windowed unmasked run where the mask covers everything (same settings)
+    plain = run(video_pipe, video, style, **settings).frames
+    full = run(video_pipe, video, StyleCondition(image=style, mask=np.ones((6, SIZE, SIZE))), **settings)
+    np.testing.assert_allclose(full.frames, plain, atol=1e-5)
+
+
+def test_bad_masks_are_refused_before_model_work(video_pipe, style):
+    calls = []
+    handle = video_pipe.unet.register_forward_pre_hook(lambda *a: calls.append(1))
+    try:
+        with pytest.raises(ValueError, match="got masks for 3 frames, but the video has 8 frames"):
+            run(video_pipe, moving_video(8), StyleCondition(image=style, mask=moving_squares(3)))
+        with pytest.raises(ValueError, match="different aspect ratio"):
+            run(video_pipe, moving_video(2), StyleCondition(image=style, mask=np.ones((SIZE, 2 * SIZE))))
+        with pytest.raises(ValueError, match=r"style\[1\]: video style transfer needs"):
+            run(video_pipe, moving_video(2), [style, StyleCondition(text="ink")])
+    finally:
+        handle.remove()
+    assert calls == [], "model work started before the masks were refused"
+
+
+def test_frame_masks_follow_max_frames():
+    masks = moving_squares(8)
+    regional = video_regions([StyleCondition(image=np.zeros((4, 4, 3)), mask=masks)], 4, 8, (SIZE, SIZE))
+    assert len(regional.sources[0]) == 4 and np.array_equal(regional.sources[0][3], masks[3])
+    assert video_regions([StyleCondition(image=np.zeros((4, 4, 3)))], 4, 4, (SIZE, SIZE)) is None
+
+
+def test_cli_mask_folder(video_pipe, tmp_path, capsys):
+    from stylekit.video_cli import main
+    from stylekit.video_io import read_video, write_video
+
+    video, masks = moving_video(3), moving_squares(3)
+    write_video(tmp_path / "in", video, fps=5)  # a folder of PNG frames: lossless
+    (tmp_path / "masks").mkdir()
+    for t, mask in enumerate(masks):
+        Image.fromarray(mask.astype(np.uint8) * 255).save(tmp_path / "masks" / f"m{t}.png")
+    Image.fromarray(moving_video(1)[0][::-1]).save(tmp_path / "style.png")
+    args = [str(tmp_path / "in"), "--style", str(tmp_path / "style.png"), "--model", "tiny-sd"]
+    common = ["--steps", str(STEPS), "--size", str(SIZE), "--window", "2", "--overlap", "1", "--quiet"]
+    assert main([*args, "--mask", str(tmp_path / "masks"), "-o", str(tmp_path / "out"), *common]) == 0
+    out = read_video(tmp_path / "out").frames.astype(np.float32) / 255
+    recon = reconstructions(video_pipe, read_video(tmp_path / "in").frames)
+    assert out.shape == (3, SIZE, SIZE, 3)
+    np.testing.assert_allclose(out[~masks], recon[~masks], atol=1 / 255 + 1e-5)  # uint8 rounding only
+    assert np.abs(out - recon)[masks].mean() > 1e-2
+    (tmp_path / "masks" / "m2.png").unlink()
+    capsys.readouterr()
+    assert main([*args, "--mask", str(tmp_path / "masks"), "-o", str(tmp_path / "bad.mp4"), *common]) == 2
+    assert "got masks for 2 frames, but the video has 3 frames" in capsys.readouterr().err
+    assert not (tmp_path / "bad.mp4").exists()
