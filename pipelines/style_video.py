@@ -3,15 +3,19 @@
 diffusers' ``AnimateDiffPipeline`` does the work (prompt encoding, classifier-free guidance, motion UNet,
 FreeNoise, FreeInit, LoRA loading, decoding); this subclass adds the common conditioning interface:
 
-- ``style=`` (an image or ``StyleCondition``): StyleID key/value injection. The style image is DDIM-inverted
-  once through the motion UNet (as a one-frame video) with its self-attention K/V captured (and cached in
-  the pipeline's ``inversion_cache``); while the video is generated, every frame's targeted self-attention
-  attends to the style's K/V of the same timestep (temperature on the query; no content, so no query
-  preservation). ``StyleCondition.steps`` limits the injection to part of the schedule.
-- ``conditioners=``: any other conditioners, attached for the call; their ``on_step_end`` sees the video
-  latents ``(B, C, F, h, w)``.
+- ``style=`` (an image, a ``StyleCondition`` or a list of them; routed by ``stylekit.video_conditions``):
+  ``image`` -> StyleID key/value injection. The style image is DDIM-inverted once through the motion UNet
+  (as a one-frame video) with its self-attention K/V captured (and cached in the pipeline's
+  ``inversion_cache``); while the video is generated, every frame's targeted self-attention attends to the
+  style's K/V of the same timestep (temperature on the query; no content, so no query preservation).
+  ``weight`` < 1 blends the injected with the plain attention output, ``mask`` restricts the injection to
+  a region, ``steps`` to part of the schedule. ``text`` / ``embedding`` -> style tokens (``style_tokens=``
+  adapter, default the bundled one when it fits); ``lora`` -> ``LoRAStyle``.
+- ``conditioners=``: any other conditioners, attached for the call; their ``on_step_begin`` /
+  ``on_step_end`` see the step index, timestep and the video latents ``(B, C, F, h, w)`` (``on_step_begin``
+  gets the UNet's input, i.e. the latents doubled under classifier-free guidance).
 
-The UNet's attention processors are restored after every call, also on error.
+The UNet's attention processors and LoRA state are restored after every call, also on error.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from diffusers import (
     AnimateDiffPipeline,
     AutoencoderKL,
@@ -39,15 +44,17 @@ from stylekit.cache import CacheKey, InversionCache, image_digest, scheduler_dig
 from stylekit.conditioning import (
     Conditioner,
     ConditionerBase,
-    ImageLike,
-    StyleCondition,
-    as_condition,
     attached,
 )
 from stylekit.images import fit_to_size, load_image, to_tensor
 from stylekit.inversion import ddim_invert
+from stylekit.lora_style import LoRAStyle
 from stylekit.models import model_fingerprint
-from stylekit.video_models import check_motion_adapter, motion_unet
+from stylekit.regions import load_masks
+from stylekit.tokens import StyleTokens
+from stylekit.tokens.scales import ScaleSpec
+from stylekit.video_conditions import StyleArgument, as_conditions, route_conditions, style_token_adapter
+from stylekit.video_models import check_motion_adapter, motion_unet, text_embedding_hook_last
 
 
 class VideoStyleInjection(ConditionerBase):
@@ -58,6 +65,9 @@ class VideoStyleInjection(ConditionerBase):
         temperature: attention temperature on injected layers (> 0).
         steps: ``(start, end)`` fractions of the schedule where injection is active.
         cache: an ``InversionCache`` (None: invert every call).
+        weight: share of the injected attention output in [0, 1] (the rest is the layer's plain output).
+        masks: ``(F, h, w)`` latent-resolution region masks in [0, 1] per frame (one frame: every frame);
+            outside, targeted layers keep their plain self-attention. None: everywhere.
     """
 
     def __init__(
@@ -67,6 +77,8 @@ class VideoStyleInjection(ConditionerBase):
         steps: tuple[float, float] = (0.0, 1.0),
         cache: InversionCache | None = None,
         backend: str = "sdpa",
+        weight: float = 1.0,
+        masks: torch.Tensor | None = None,
     ) -> None:
         self.layers = tuple(layers)
         self.settings = InjectionSettings(
@@ -78,6 +90,10 @@ class VideoStyleInjection(ConditionerBase):
         self.steps = steps
         self.cache = cache
         self.controller = InjectionController(self.settings)
+        # (F or 1, h, w) share of the injected output; (1, 1, 1) = the same everywhere; None = all of it
+        self.token_masks = weight * (masks.float() if masks is not None else torch.ones(1, 1, 1))
+        if masks is None and weight == 1.0:
+            self.token_masks = None
         self.style_id = ""
         self.timesteps: list[int] = []
 
@@ -164,6 +180,7 @@ class VideoStyleInjection(ConditionerBase):
             controller.timestep = t
             controller.pairs = [("", self.style_id)] * rows
             controller.row_active = [active] * rows
+            controller.token_masks = self._row_masks(sample)
 
         handle = pipe.unet.register_forward_pre_hook(pre_hook, with_kwargs=True)
         controller.mode = "inject"
@@ -173,6 +190,19 @@ class VideoStyleInjection(ConditionerBase):
         finally:
             handle.remove()
             controller.mode = "off"
+            controller.token_masks = None
+
+    def _row_masks(self, sample: torch.Tensor) -> torch.Tensor | None:
+        """``(B * F, h, w)`` masks for the rows of a ``(B, C, F, h, w)`` UNet sample (row ``b * F + f``)."""
+        masks = self.token_masks
+        if masks is None:
+            return None
+        batch, frames, size = int(sample.shape[0]), int(sample.shape[2]), tuple(sample.shape[-2:])
+        if len(masks) == 1:
+            masks = masks.expand(frames, *size)
+        elif len(masks) != frames:
+            raise ValueError(f"style.mask: masks for {len(masks)} frames, but the UNet runs {frames} frames")
+        return masks.to(sample.device).repeat(batch, 1, 1)
 
 
 class StyleVideoPipeline(AnimateDiffPipeline):
@@ -209,11 +239,34 @@ class StyleVideoPipeline(AnimateDiffPipeline):
             cache = self.__dict__["_inversion_cache"] = InversionCache()
         return cache
 
+    @property
+    def style_tokens(self) -> Any:
+        """The default style-token adapter for ``text`` / ``embedding`` styles (None: the bundled one when it
+        fits the UNet). Set it to a ``StyleTokenAdapter`` or its folder."""
+        return self.__dict__.get("_style_tokens")
+
+    @style_tokens.setter
+    def style_tokens(self, adapter: Any) -> None:
+        self.__dict__["_style_tokens"] = adapter
+
+    def _token_adapter(self, adapter: Any) -> Any:
+        """``style_token_adapter`` for this UNet (the bundled adapter is loaded once per pipeline)."""
+        adapter = self.style_tokens if adapter is None else adapter
+        if adapter is not None:
+            return style_token_adapter(self.unet, adapter)
+        bundled = self.__dict__.get("_bundled_style_tokens")
+        if bundled is None or bundled[0] is not self.unet:
+            bundled = self.__dict__["_bundled_style_tokens"] = (
+                self.unet,
+                style_token_adapter(self.unet, None),
+            )
+        return bundled[1]
+
     @torch.no_grad()
     def __call__(  # type: ignore[override]
         self,
         prompt: str | list[str] | None = None,
-        style: StyleCondition | ImageLike | None = None,
+        style: StyleArgument = None,
         temperature: float = 1.5,
         layers: LayerSpec = None,
         conditioners: Sequence[Conditioner] = (),
@@ -222,17 +275,26 @@ class StyleVideoPipeline(AnimateDiffPipeline):
         height: int | None = None,
         width: int | None = None,
         callback_on_step_end: Callable[..., dict[str, Any]] | None = None,
+        style_tokens: Any = None,
+        style_tokens_scale: ScaleSpec = 1.0,
+        style_guidance_scale: float | None = None,
         **kwargs: Any,
     ) -> Any:
         """Generate a video from ``prompt``, styled by ``style`` and ``conditioners``.
 
         Args:
             prompt: the text prompt(s), as in ``AnimateDiffPipeline``.
-            style: a style image or ``StyleCondition(image=...)`` for StyleID K/V injection (None: none).
+            style: a style image, a ``StyleCondition`` or a list of them (None: none). ``image``: StyleID
+                injection (one per call; ``weight`` blends it, ``mask`` restricts it to a region);
+                ``text`` / ``embedding``: style tokens; ``lora``: a LoRA adapter (``weight`` = its scale).
             temperature: attention temperature on injected layers.
             layers: the injected layers (preset, block dict or names; default: the model's StyleID preset).
-            conditioners: further conditioners attached for the call.
+            conditioners: further conditioners attached for the call (e.g. ``StyleTokens``, ``LoRAStyle``).
             cache: True = the pipeline's ``inversion_cache``; an ``InversionCache``; False = none.
+            style_tokens: the ``StyleTokenAdapter`` (or folder) for text/embedding styles (None: the
+                pipeline's ``style_tokens``, else the bundled adapter when it fits the UNet).
+            style_tokens_scale: ``StyleTokens.scale`` (a number, per-block dict or preset).
+            style_guidance_scale: ``StyleTokens.style_guidance_scale`` (StyleMaster's separate guidance).
             num_inference_steps, height, width, callback_on_step_end, **kwargs: ``AnimateDiffPipeline``'s
                 arguments (``num_frames``, ``guidance_scale``, ``generator``, ``output_type``, ...).
 
@@ -242,40 +304,95 @@ class StyleVideoPipeline(AnimateDiffPipeline):
         factor = int(self.vae_scale_factor)
         height = height or int(self.unet.config.sample_size) * factor
         width = width or int(self.unet.config.sample_size) * factor
-        active: list[Conditioner] = []
-        if style is not None:
-            condition = as_condition(style)
-            if condition.image is None:
-                raise ValueError("style: StyleID injection needs StyleCondition.image (a reference image)")
-            if condition.mask is not None:
-                raise ValueError("style: masks are not supported by StyleVideoPipeline yet")
+        num_frames = int(kwargs.get("num_frames", 16))
+        routed = route_conditions(as_conditions(style))
+        InjectionSettings(temperature=temperature)  # range check
+        derived: list[Conditioner] = []
+        if routed.tokens:
+            derived.append(
+                StyleTokens(
+                    self._token_adapter(style_tokens),
+                    routed.tokens,
+                    scale=style_tokens_scale,
+                    style_guidance_scale=style_guidance_scale,
+                )
+            )
+        if routed.loras:
+            derived.append(LoRAStyle.from_conditions(routed.loras))
+        injection = None
+        condition = routed.injection
+        if condition is not None and float(condition.weight) > 0.0:
             image = load_image(condition.image, "style.image")
-            InjectionSettings(temperature=temperature)  # range check
+            masks = None
+            if condition.mask is not None:
+                pixels = load_masks(condition.mask, num_frames, height, width, argument="style.mask")
+                masks = F.adaptive_avg_pool2d(pixels[:, None], (height // factor, width // factor))[:, 0]
             names = resolve_layers(layers, self.unet.attn_processors.keys(), "sd")
             inversion_cache = self.inversion_cache if cache is True else (cache or None)
-            injection = VideoStyleInjection(names, temperature, condition.steps, inversion_cache)  # type: ignore[arg-type]
+            injection = VideoStyleInjection(
+                names,
+                temperature,
+                condition.steps,  # type: ignore[arg-type]
+                inversion_cache,
+                weight=float(condition.weight),
+                masks=masks,
+            )
+        call = {
+            "num_inference_steps": num_inference_steps,
+            "height": height,
+            "width": width,
+            "num_frames": num_frames,
+            "batch_size": _batch_size(prompt, kwargs),
+        }
+        active: list[Conditioner] = [*derived, *conditioners]
+        for conditioner in active:  # checks (adapters, LoRAs) before any model work
+            conditioner.prepare(self, **call)
+        if injection is not None:
             pixels = to_tensor(fit_to_size(image, width, height))[None]
             injection.prepare(self, styles=pixels, num_inference_steps=num_inference_steps)
-            active.append(injection)
-        for conditioner in conditioners:
-            conditioner.prepare(self, num_inference_steps=num_inference_steps, height=height, width=width)
-            active.append(conditioner)
+            active.append(
+                injection
+            )  # attached last: its hook sees the final batch (e.g. three-pass guidance)
 
         def on_step_end(pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
             if "latents" in tensors:
-                for conditioner in conditioners:
+                for conditioner in active:
                     tensors["latents"] = conditioner.on_step_end(step, int(timestep), tensors["latents"])
             if callback_on_step_end is not None:
                 tensors = callback_on_step_end(pipe, step, timestep, tensors)
             return tensors
 
-        use_callback = callback_on_step_end is not None or bool(conditioners)
-        with attached(self, active):
-            return super().__call__(
-                prompt,
-                height=height,
-                width=width,
-                num_inference_steps=num_inference_steps,
-                callback_on_step_end=on_step_end if use_callback else None,
-                **kwargs,
-            )
+        def on_step_begin(module: Any, args: tuple, hook_kwargs: dict) -> None:
+            sample = args[0] if args else hook_kwargs["sample"]
+            timestep = args[1] if len(args) > 1 else hook_kwargs["timestep"]
+            t = int(torch.as_tensor(timestep).reshape(-1)[0])
+            schedule = [int(x) for x in self.scheduler.timesteps]
+            if t in schedule:
+                for conditioner in active:
+                    conditioner.on_step_begin(schedule.index(t), t, sample)
+
+        use_callback = callback_on_step_end is not None or bool(active)
+        handle = self.unet.register_forward_pre_hook(on_step_begin, with_kwargs=True)
+        try:
+            with attached(self, active):
+                text_embedding_hook_last(self.unet)
+                return super().__call__(
+                    prompt,
+                    height=height,
+                    width=width,
+                    num_inference_steps=num_inference_steps,
+                    callback_on_step_end=on_step_end if use_callback else None,
+                    **kwargs,
+                )
+        finally:
+            handle.remove()
+
+
+def _batch_size(prompt: str | list[str] | None, kwargs: dict[str, Any]) -> int:
+    """Videos per UNet half (prompts x ``num_videos_per_prompt``), as ``AnimateDiffPipeline`` counts them."""
+    if prompt is None:
+        embeds = kwargs.get("prompt_embeds")
+        count = int(embeds.shape[0]) if embeds is not None else 1
+    else:
+        count = 1 if isinstance(prompt, str) else len(prompt)
+    return count * int(kwargs.get("num_videos_per_prompt") or 1)

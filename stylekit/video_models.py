@@ -120,8 +120,22 @@ def _keep_text_embedding(model: Any) -> None:
         per_video = hidden[:: state["frames"]] if hidden.shape[0] != output.shape[0] else hidden
         return output + model.add_embedding(per_video).to(output.dtype)
 
-    model.register_forward_pre_hook(remember, with_kwargs=True)
+    state["handle"] = model.register_forward_pre_hook(remember, with_kwargs=True)
+
+    def register_last() -> None:
+        state["handle"].remove()
+        state["handle"] = model.register_forward_pre_hook(remember, with_kwargs=True)
+
+    model.__dict__["_text_embedding_hook_last"] = register_last
     model.time_embedding.register_forward_hook(add)
+
+
+def text_embedding_hook_last(model: Any) -> None:
+    """Move a motion UNet's pooled-text pre-hook (``motion_unet`` for ``mini``) after the pre-hooks added
+    since, so it sees the batch they pass on (e.g. three-pass style guidance adds rows). No-op otherwise."""
+    register_last = model.__dict__.get("_text_embedding_hook_last")
+    if register_last is not None:
+        register_last()
 
 
 class MotionUNetCache:

@@ -165,7 +165,7 @@ class StyleTokens(ConditionerBase):
         self.adapter.check_unet(pipe.unet)
         self.adapter.to(device=pipe.unet.device, dtype=pipe.unet.dtype)
         self._pipe = pipe
-        self.state.scales = layer_scales(self.scale, pipe.unet.attn_processors.keys())
+        self.state.scales = layer_scales(self.scale, [layer.name for layer in self.adapter.config.layers])
         self.state.time_scale = self.time_scale
         rows = call.get("rows")
         self.state.n_rows = len(rows) if rows is not None else call.get("batch_size")
@@ -243,13 +243,17 @@ class StyleTokens(ConditionerBase):
                 handle.remove()
             unet.set_attn_processor(saved)
             self.state.row_weights = None
+            self.state.frames = 1
             self._position = None
 
     def on_step_begin(self, step_index: int, timestep: int, latents: torch.Tensor) -> None:
         self._position = step_index / max(self._num_steps, 1)
 
     def _step_hook(self, module: Any, args: tuple, kwargs: dict) -> None:
-        """Apply ``StyleCondition.steps``: mix the conditions active at this point of the schedule."""
+        """Note the frames per row of a video UNet's ``(B, C, F, h, w)`` sample; apply
+        ``StyleCondition.steps``: mix the conditions active at this point of the schedule."""
+        sample = args[0] if args else kwargs["sample"]
+        self.state.frames = int(sample.shape[2]) if sample.ndim == 5 else 1
         if self.conditions is None or self.per_row or all(c.steps == (0.0, 1.0) for c in self.conditions):
             return
         position = self._position
@@ -278,10 +282,14 @@ class StyleTokens(ConditionerBase):
         batch = sample.shape[0]
         start, count = self._text_rows(batch)
         rows = slice(start, start + count)
+        frames = int(sample.shape[2]) if sample.ndim == 5 else 1  # video: per-frame text rows (AnimateDiff)
+        frame_rows = slice(start * frames, (start + count) * frames)
 
         def extend(value: Any) -> Any:
             if torch.is_tensor(value) and value.ndim >= 1 and value.shape[0] == batch:
                 return torch.cat([value, value[rows]])
+            if torch.is_tensor(value) and frames > 1 and value.ndim >= 1 and value.shape[0] == batch * frames:
+                return torch.cat([value, value[frame_rows]])
             if isinstance(value, dict):
                 return {k: extend(v) for k, v in value.items()}
             return value

@@ -33,6 +33,8 @@ class TokenState:
             every row when the batch has N rows, else the last ``n_rows`` rows (rows prepended by another
             conditioner, e.g. StyleID's reference rows, are left alone).
         n_rows: how many rows the pipeline's own batch has (None = every row).
+        frames: attention rows per UNet row (video UNets flatten ``(B, F)`` into ``B * F`` rows, frame
+            fastest; the timestep embedding keeps one row per video).
     """
 
     context: torch.Tensor | None = None
@@ -41,17 +43,20 @@ class TokenState:
     scales: dict[str, float] = field(default_factory=dict)
     row_weights: torch.Tensor | None = None
     n_rows: int | None = None
+    frames: int = 1
 
-    def rows(self, batch: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """``(row indices (R,), weights (R,))`` of the styled rows of a ``batch``-row UNet call, or None."""
+    def rows(
+        self, batch: int, device: torch.device, frames: int = 1
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``(row indices (R,), weights (R,))`` of the styled rows of a ``batch``-row call, or None
+        (``frames``: rows per UNet row, as in ``self.frames``)."""
         if self.row_weights is not None:
-            if len(self.row_weights) != batch:
-                raise RuntimeError(
-                    f"style-token row weights have {len(self.row_weights)} rows, batch has {batch}"
-                )
-            index = self.row_weights.nonzero().flatten().to(device)
-            return (index, self.row_weights.to(device)[index]) if len(index) else None
-        n = self.n_rows or batch
+            row_weights = self.row_weights.repeat_interleave(frames) if frames > 1 else self.row_weights
+            if len(row_weights) != batch:
+                raise RuntimeError(f"style-token row weights have {len(row_weights)} rows, batch has {batch}")
+            index = row_weights.nonzero().flatten().to(device)
+            return (index, row_weights.to(device)[index]) if len(index) else None
+        n = self.n_rows * frames if self.n_rows else batch
         start = max(batch - n, 0)
         index = torch.arange(start, batch, device=device)
         return index, torch.ones(len(index), device=device)
@@ -85,7 +90,7 @@ class StyleTokenProcessor:
         scale = float(state.scales.get(self.name, 0.0))
         if scale == 0.0 or state.context is None or encoder_hidden_states is None:
             return out
-        selected = state.rows(hidden_states.shape[0], hidden_states.device)
+        selected = state.rows(hidden_states.shape[0], hidden_states.device, state.frames)
         if selected is None:
             return out
         index, weights = selected
@@ -100,7 +105,7 @@ class StyleTokenProcessor:
         if attn.group_norm is not None:
             x = attn.group_norm(x.transpose(1, 2)).transpose(1, 2)
         context = state.context.to(device=x.device, dtype=x.dtype)
-        context = context[torch.arange(len(index), device=x.device) % len(context)]
+        context = context[torch.arange(len(index), device=x.device) // state.frames % len(context)]
         style = multihead_attention(attn, attn.to_q(x), self.to_k_ip(context), self.to_v_ip(context))
         style = F.linear(style, attn.to_out[0].weight) / attn.rescale_output_factor
         if four_d:
