@@ -19,7 +19,8 @@ Per window of frames (sliding, overlapping windows for videos longer than ``wind
 Regions: styles given with a ``mask`` (one mask, or one per frame) act only in their regions; each style
 runs as its own stream of frames and ``stylekit.regions.RegionalStyle`` (masks sliced per window) blends the
 streams with the frames' inversion trajectories after every step and pastes each frame's reconstruction
-outside the regions (``docs/regions.md``).
+outside the regions (``docs/regions.md``). A masked call's style may be a LoRA or style tokens instead of an
+image (``stylekit.regions.RegionAdapters``; not with a motion adapter).
 
 With ``window_size >= len(video)`` there is a single window and the result is exactly the single-window
 run. The attention processors (of the UNet and of the motion UNet) are restored after every call, also on
@@ -51,7 +52,7 @@ from stylekit.cache import CacheKey, InversionCache
 from stylekit.conditioning import Conditioner, ImageLike, StyleCondition, as_condition, attached
 from stylekit.images import fit_to_size, load_image, round_to_factor, to_tensor
 from stylekit.pipelines.style_injection import StyleInjectionPipeline
-from stylekit.regions import MASK_THRESHOLD, MaskSpec, RegionalStyle, frame_sources
+from stylekit.regions import MASK_THRESHOLD, MaskSpec, RegionAdapters, RegionalStyle, frame_sources
 from stylekit.video_attention import CrossFrameState, anchored_injection, cross_frame_processors
 from stylekit.video_io import Video, VideoIOError, VideoWriter, load_video
 from stylekit.video_models import MotionUNetCache, check_motion_adapter
@@ -117,14 +118,19 @@ def video_adain(
 
 
 def video_regions(
-    conditions: Sequence[StyleCondition], frames: int, loaded_frames: int, frame_size: tuple[int, int]
+    conditions: Sequence[StyleCondition],
+    frames: int,
+    loaded_frames: int,
+    frame_size: tuple[int, int],
+    style_token_adapter: Any = None,
 ) -> RegionalStyle | None:
     """The video's ``RegionalStyle`` (each style in its mask's region, every frame a content row), or None
     when there is one style without a mask. Masks are checked before any model work: one mask (every frame)
     or one per frame of the video (``frames``; masks for all ``loaded_frames`` are cut to the first
     ``frames`` when ``max_frames`` shortened the video), of the frames' aspect ratio (``frame_size`` =
     (width, height)). An empty mask warns (its style has no region). Several styles without masks blend
-    by weight over the whole frame."""
+    by weight over the whole frame. A style without an image (``lora`` / ``embedding`` / ``text``) is a
+    ``RegionAdapters`` row (``style_token_adapter`` serves the token styles)."""
     if len(conditions) == 1 and conditions[0].mask is None:
         return None
     masks: list[Any] = []
@@ -143,7 +149,15 @@ def video_regions(
                 "frames (give one mask for every frame, or one mask per frame)"
             )
         masks.append(MaskSpec(sources, spec.feather, spec.threshold))
-    regional = RegionalStyle(masks, [c.weight for c in conditions])
+    wants_adapters = any(
+        c.lora is not None or c.embedding is not None or c.text is not None for c in conditions
+    )
+    regional = RegionalStyle(
+        masks,
+        [c.weight for c in conditions],
+        references=[c.image is not None for c in conditions],
+        adapters=RegionAdapters(conditions, style_token_adapter) if wants_adapters else None,
+    )
     regional.check_contents([frame_size] * frames)
     return regional
 
@@ -164,6 +178,8 @@ def window_regions(regional: RegionalStyle, start: int, end: int) -> RegionalSty
             restrict_attention=regional.restrict_attention,
             composite=regional.composite_pixels,
             latent_dilation=regional.latent_dilation,
+            references=regional.references,
+            adapters=regional.adapters,  # shared: windows run one after another
         )
 
 
@@ -234,10 +250,11 @@ class VideoStyleTransferPipeline(StyleInjectionPipeline):
         width: int | None,
         max_frames: int | None,
         output_path: str | Path | None,
-    ) -> tuple[Video, list[StyleCondition], list[PIL.Image.Image], RegionalStyle | None, int, int]:
+        style_token_adapter: Any = None,
+    ) -> tuple[Video, list[StyleCondition], list[PIL.Image.Image | None], RegionalStyle | None, int, int]:
         """Validate the video-specific arguments and load the video, the styles and their masks before any
-        model work. Returns (video, style conditions, style images, the video's ``RegionalStyle`` or None,
-        height, width)."""
+        model work. Returns (video, style conditions, style images (None for a LoRA / token region), the
+        video's ``RegionalStyle`` or None, height, width)."""
         if window_size is not None and (isinstance(window_size, bool) or int(window_size) < 1):
             raise ValueError(f"window_size: expected None or an integer >= 1, got {window_size!r}")
         if window_size is not None and not 0 <= int(window_overlap) < int(window_size):
@@ -261,17 +278,22 @@ class VideoStyleTransferPipeline(StyleInjectionPipeline):
         conditions = [as_condition(s) for s in (style if isinstance(style, (list, tuple)) else [style])]
         if not conditions:
             raise ValueError("style: expected at least one style image or StyleCondition")
+        masked = any(c.mask is not None for c in conditions)
         for index, condition in enumerate(conditions):
-            if condition.image is None:
+            if condition.image is None and not masked:
                 raise ValueError(
-                    f"style[{index}]: video style transfer needs StyleCondition.image (a reference image)"
+                    f"style[{index}]: video style transfer needs StyleCondition.image (a reference image); a "
+                    "condition with a mask may instead carry lora=, embedding= or text= (a LoRA / token region)"
                 )
         clip = load_video(video, "video")
         loaded = len(clip)
         if max_frames is not None:
             clip = Video(clip.frames[: int(max_frames)], clip.fps)
-        regional = video_regions(conditions, len(clip), loaded, clip.size)
-        style_images = [load_image(c.image, f"style[{i}].image") for i, c in enumerate(conditions)]
+        regional = video_regions(conditions, len(clip), loaded, clip.size, style_token_adapter)
+        style_images = [
+            None if c.image is None else load_image(c.image, f"style[{i}].image")
+            for i, c in enumerate(conditions)
+        ]
         factor = int(self.vae_scale_factor)
         if height is None or width is None:
             frame_w, frame_h = clip.size
@@ -308,6 +330,7 @@ class VideoStyleTransferPipeline(StyleInjectionPipeline):
         return_dict: bool = True,
         cache: InversionCache | bool = True,
         conditioners: Sequence[Conditioner] = (),
+        style_token_adapter: Any = None,
         attention_backend: str = "sdpa",
         callback_on_step_end: Callable[[Any, int, Any, dict[str, Any]], dict[str, Any]] | None = None,
         controlnet: Any = None,
@@ -325,7 +348,9 @@ class VideoStyleTransferPipeline(StyleInjectionPipeline):
                 ``(F, H, W)`` array with one mask per frame of the video) each style acts only in its region,
                 overlaps blend by ``weight`` and everything outside all the regions stays the frame's VAE
                 reconstruction (``stylekit.regions.RegionalStyle``, each frame a content; masks sliced per
-                window). Several styles without masks blend by weight over the whole frame.
+                window). Several styles without masks blend by weight over the whole frame. A masked call's
+                style may also (or instead of an image) be a LoRA (``lora``) or style tokens (``embedding`` /
+                ``text``), per region (``stylekit.regions.RegionAdapters``; without a motion adapter).
             gamma, temperature, attention_injection, query_preservation, layers: StyleID, as in
                 ``StyleInjectionPipeline``.
             adain: AdaIN of the start latents toward the style's: ``True`` / ``"video"`` normalises every
@@ -351,6 +376,8 @@ class VideoStyleTransferPipeline(StyleInjectionPipeline):
             cache: True = the pipeline's ``inversion_cache`` (style only); an ``InversionCache``; False =
                 no reuse across calls (the style is still inverted once per call).
             conditioners: extra conditioners, prepared per window.
+            style_token_adapter: the ``StyleTokenAdapter`` (or its folder) for regions given as ``embedding`` /
+                ``text``; None = the bundled one (``stylekit.tokens.load_default_adapter``).
             callback_on_step_end: diffusers-style ``f(pipe, step, timestep, {"latents": ...})`` per window step.
             controlnet: an optional diffusers ``ControlNetModel`` fed the gray-tile control (each source frame
                 downsampled x8, upsampled back and made grayscale: layout and luminance kept, colour and
@@ -388,7 +415,8 @@ class VideoStyleTransferPipeline(StyleInjectionPipeline):
         preset = preset_of(layers)
         if preset is not None and preset.architecture != self.architecture:
             raise ValueError(f"layers={layers!r} is a preset for {preset.architecture.upper()} models")
-        injected = resolve_layers(layers, self.unet.attn_processors.keys(), self.architecture)
+        processor_names = list(self.unet.attn_processors)  # one walk of the UNet for both layer lists
+        injected = resolve_layers(layers, processor_names, self.architecture)
         if adain not in (True, False, "video", "frame"):
             raise ValueError(f"adain: expected True, False, 'video' or 'frame', got {adain!r}")
         adain_mode = "video" if adain is True else (adain or "none")
@@ -421,18 +449,43 @@ class VideoStyleTransferPipeline(StyleInjectionPipeline):
             else None
         )
         clip, conditions, style_images, regional, height, width = self.check_video_inputs(
-            video, style, adapter, window_size, window_overlap, height, width, max_frames, output_path
+            video,
+            style,
+            adapter,
+            window_size,
+            window_overlap,
+            height,
+            width,
+            max_frames,
+            output_path,
+            style_token_adapter,
         )
+        if regional is not None:
+            if regional.adapters is not None and adapter is not None:
+                adapted = [
+                    c.lora is not None or c.embedding is not None or c.text is not None for c in conditions
+                ]
+                index = adapted.index(True)
+                raise ValueError(
+                    f"style[{index}]: LoRA / style-token regions act on the image UNet; pass motion_adapter=None "
+                    "(or give this region a style image only)"
+                )
+            official = bool(preset and preset.official_timing)
+            regional.check_pipeline(self, conditioners, adain=adain_mode != "none", official_timing=official)
         length = len(clip)
         windows = plan_windows(length, window_size, window_overlap)
         cross_layers = [
             name
-            for name in resolve_layers(
-                {"down": True, "mid": True, "up": True}, self.unet.attn_processors.keys()
-            )
+            for name in resolve_layers({"down": True, "mid": True, "up": True}, processor_names)
             if name not in injected
         ]
-        style_pixels = torch.stack([to_tensor(fit_to_size(im, width, height)) for im in style_images])
+        if state is not None:
+            state.keep_first = len(windows) > 1  # one window: nothing reads frame 0's stored K/V later
+        # A LoRA / token region's injection slot (injection off) borrows another style's image, else frame 0.
+        placeholder = next((im for im in style_images if im is not None), PIL.Image.fromarray(clip.frames[0]))
+        style_pixels = torch.stack(
+            [to_tensor(fit_to_size(placeholder if im is None else im, width, height)) for im in style_images]
+        )
         inner_cache = self.inversion_cache if cache is True else (cache or InversionCache())
         style_cache = _StyleOnlyCache(inner_cache)  # type: ignore[arg-type]
 
@@ -601,6 +654,7 @@ class VideoStyleTransferPipeline(StyleInjectionPipeline):
                 first = latents[:1].float()
                 video_stats["mean"] = first.mean(dim=(2, 3), keepdim=True)
                 video_stats["std"] = first.std(dim=(2, 3), keepdim=True)
+            references = regional.references if regional is not None else [True] * streams
             latents = torch.cat(
                 [
                     video_adain(
@@ -609,6 +663,8 @@ class VideoStyleTransferPipeline(StyleInjectionPipeline):
                         video_stats["std"],
                         injection.trajectories[injection.style_ids[s]][1][-1][None].float(),
                     )
+                    if references[s]
+                    else stream  # a LoRA / token stream starts from the frames' own inverted latents
                     for s, stream in enumerate(latents.split(count))
                 ]
             )

@@ -17,13 +17,18 @@ Rows are ``(videos * frames)`` in video-major order (the layout of diffusers' ``
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import torch
 
-from stylekit.attention.injection import multihead_attention, self_attention_output, self_attention_tokens
+from stylekit.attention.injection import (
+    multihead_attention,
+    self_attention_output,
+    self_attention_tokens,
+    token_mask,
+)
 
 ANCHORS = ("first", "previous")
 
@@ -37,6 +42,8 @@ class CrossFrameState:
         step: the current denoising step index (the key of the first-frame store).
         enabled: False runs every targeted layer with its previous processor.
         include_injected: whether StyleID-injected layers also attend to the anchors (``anchored_injection``).
+        keep_first: whether frame 0's K/V are stored for later windows (False when the video is one window:
+            nothing would read them).
     """
 
     def __init__(self, anchors: Sequence[str] = ANCHORS, backend: str = "sdpa") -> None:
@@ -51,6 +58,7 @@ class CrossFrameState:
         self.enabled = True
         self.include_injected = False
         self.include_self = True
+        self.keep_first = True
         self._first: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = {}
 
     def first_kv(self, layer: str, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -58,7 +66,8 @@ class CrossFrameState:
         key = (layer, self.step)
         if self.holds_first:
             pair = (k[:, :1], v[:, :1])
-            self._first[key] = (pair[0].detach().clone(), pair[1].detach().clone())
+            if self.keep_first:
+                self._first[key] = (pair[0].detach().clone(), pair[1].detach().clone())
             return pair
         if key not in self._first:
             raise RuntimeError(
@@ -133,17 +142,29 @@ class CrossFrameProcessor:
 
 
 @contextmanager
-def cross_frame_processors(unet: Any, layers: Sequence[str], state: CrossFrameState) -> Iterator[None]:
-    """Install ``CrossFrameProcessor`` on ``layers``; restore the full ``attn_processors`` dict on exit."""
-    saved = dict(unet.attn_processors)
-    replaced = dict(saved)
-    for name in layers:
-        replaced[name] = CrossFrameProcessor(name, state, saved[name])
-    unet.set_attn_processor(replaced)
+def swapped_processors(unet: Any, make: Callable[[str, Any], Any], layers: Sequence[str]) -> Iterator[None]:
+    """Set ``make(name, current_processor)`` on each processor name in ``layers`` (attention modules found by
+    path, ``...attn1.processor`` -> ``...attn1``) and put the previous processors back on exit, also on error.
+
+    Equivalent to ``set_attn_processor`` with a full dict but touches only ``layers``: diffusers' version
+    walks every module of the UNet twice per install (tens of ms per window on a motion UNet).
+    """
+    modules = [unet.get_submodule(name.removesuffix(".processor")) for name in layers]
+    saved = [module.processor for module in modules]
     try:
+        for name, module, previous in zip(layers, modules, saved, strict=True):
+            module.set_processor(make(name, previous))
         yield
     finally:
-        unet.set_attn_processor(saved)
+        for module, previous in zip(modules, saved, strict=True):
+            module.set_processor(previous)
+
+
+@contextmanager
+def cross_frame_processors(unet: Any, layers: Sequence[str], state: CrossFrameState) -> Iterator[None]:
+    """Install ``CrossFrameProcessor`` on ``layers``; restore their previous processors on exit."""
+    with swapped_processors(unet, lambda name, previous: CrossFrameProcessor(name, state, previous), layers):
+        yield
 
 
 class AnchoredInjectionProcessor:
@@ -152,7 +173,9 @@ class AnchoredInjectionProcessor:
     On an injected layer frame ``f`` attends to ``[K_style ; K_first ; K_{f-1}]`` (the anchors' keys and
     values as computed from their current hidden states), so the texture a frame takes from the style
     follows what its anchors already drew. Wraps a ``StyleInjectionProcessor`` (its controller decides
-    the injected query and style K/V, and its fallback runs outside the injection range).
+    the injected query and style K/V, and its fallback runs outside the injection range). With region token
+    masks (``controller.token_masks``, set by ``stylekit.regions.RegionalStyle``) a row keeps this output on
+    its mask's tokens and gets the layer's unstyled cross-frame attention (``CrossFrameProcessor``'s) elsewhere.
     """
 
     def __init__(self, inner: Any, state: CrossFrameState) -> None:
@@ -193,10 +216,24 @@ class AnchoredInjectionProcessor:
         anchor_keys, anchor_values = self.state.anchor_kv(self.layer, k5, v5)
         keys = [k_style.view(rows // frames, frames, -1, channels), *anchor_keys]
         values = [v_style.view(rows // frames, frames, -1, channels), *anchor_values]
-        key = torch.cat(keys, dim=2).reshape(rows, -1, channels)
-        value = torch.cat(values, dim=2).reshape(rows, -1, channels)
-        hidden_states = self.inner._attend(attn, q, key, value)
-        return self_attention_output(attn, hidden_states, residual, shape)
+        styled = self.inner._attend(
+            attn,
+            q,
+            torch.cat(keys, dim=2).reshape(rows, -1, channels),
+            torch.cat(values, dim=2).reshape(rows, -1, channels),
+        )
+        if ctrl.token_masks is None:
+            return self_attention_output(attn, styled, residual, shape)
+        # Regions: outside a row's token mask, the layer's unstyled cross-frame attention (own + anchors' K/V).
+        own_k, own_v = ([k5], [v5]) if self.state.include_self else ([], [])
+        plain = self.inner._attend(
+            attn,
+            query,
+            torch.cat(own_k + anchor_keys, dim=2).reshape(rows, -1, channels),
+            torch.cat(own_v + anchor_values, dim=2).reshape(rows, -1, channels),
+        )
+        keep = token_mask(ctrl.token_masks, tokens).to(styled.dtype)
+        return self_attention_output(attn, keep * styled + (1 - keep) * plain, residual, shape)
 
 
 @contextmanager
@@ -204,13 +241,6 @@ def anchored_injection(unet: Any, state: CrossFrameState) -> Iterator[None]:
     """Wrap every installed ``StyleInjectionProcessor`` in an ``AnchoredInjectionProcessor``; restore on exit."""
     from stylekit.attention.injection import StyleInjectionProcessor
 
-    saved = dict(unet.attn_processors)
-    replaced = {
-        name: AnchoredInjectionProcessor(p, state) if isinstance(p, StyleInjectionProcessor) else p
-        for name, p in saved.items()
-    }
-    unet.set_attn_processor(replaced)
-    try:
+    layers = [name for name, p in unet.attn_processors.items() if isinstance(p, StyleInjectionProcessor)]
+    with swapped_processors(unet, lambda _, previous: AnchoredInjectionProcessor(previous, state), layers):
         yield
-    finally:
-        unet.set_attn_processor(saved)

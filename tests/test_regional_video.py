@@ -1,14 +1,17 @@
 """Regional style in ``VideoStyleTransferPipeline``: masked styles per frame, the outside kept as each frame's
-VAE reconstruction; sliding windows, cross-frame attention and a motion adapter; refusals before model work.
-tiny-sd + a tiny MotionAdapter, 32 px, 2 steps, 4-6 frames."""
+VAE reconstruction; sliding windows, cross-frame attention and a motion adapter; LoRA and style-token regions;
+region token masks under cross_frame="all"; refusals before model work.
+tiny-sd + a tiny MotionAdapter, 32 px, 2 steps, 2-6 frames."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+import test_regional_conditions as regional_tests
 import test_video_pipelines as video_tests
 import torch
 from PIL import Image
+from test_regional_conditions import assert_same, snapshot
 from test_video_pipelines import SIZE, STEPS, moving_video, run
 
 from stylekit import StyleCondition
@@ -16,6 +19,7 @@ from stylekit.attention.conditioner import encode_latents
 from stylekit.images import to_tensor
 from stylekit.pipelines.video_style_transfer import video_regions
 from stylekit.regions import MaskSpec
+from stylekit.tokens import AdapterCompatibilityError, StyleTokenAdapter
 
 # The video tests' fixtures (tiny-sd video pipeline, tiny motion adapter, style image), reused.
 video_pipe, adapter, style = video_tests.video_pipe, video_tests.adapter, video_tests.style
@@ -151,3 +155,161 @@ def test_cli_mask_folder(video_pipe, tmp_path, capsys):
     assert main([*args, "--mask", str(tmp_path / "masks"), "-o", str(tmp_path / "bad.mp4"), *common]) == 2
     assert "got masks for 2 frames, but the video has 3 frames" in capsys.readouterr().err
     assert not (tmp_path / "bad.mp4").exists()
+
+
+# ------------------------------------------------------------------------------- LoRA / token regions
+# The image pipeline's regional fixtures (random LoRA files, a "trained" style-token adapter), reused: the
+# video pipeline shares tiny_sd's UNet.
+loras, token_adapter = regional_tests.loras, regional_tests.token_adapter
+
+
+def test_lora_and_token_regions_in_a_video(video_pipe, loras, token_adapter, style):
+    video = moving_video(3)
+    masks = moving_squares(3)
+    recon = reconstructions(video_pipe, video)
+    before = snapshot(video_pipe)
+    lora = run(video_pipe, video, StyleCondition(lora=loras["a"], mask=masks), cache=False).frames
+    np.testing.assert_allclose(lora[~masks], recon[~masks], atol=1e-5)  # outside: each frame's reconstruction
+    assert np.abs(lora - recon)[masks].mean() > 0.02  # inside: the LoRA's rendering
+    embedding = torch.randn(16, generator=torch.Generator().manual_seed(3))
+    region = StyleCondition(embedding=embedding, mask=masks)
+    tokens = run(video_pipe, video, region, style_token_adapter=token_adapter, cache=False).frames
+    np.testing.assert_allclose(tokens[~masks], recon[~masks], atol=1e-5)
+    # An untrained adapter (zero value projections) leaves the stream the frames' DDIM reconstruction.
+    untrained = StyleTokenAdapter.for_unet(video_pipe.unet, 16, video_pipe.text_encoder)
+    base = run(video_pipe, video, region, style_token_adapter=untrained, cache=False).frames
+    assert np.abs(tokens - base)[masks].mean() > 1e-3
+    np.testing.assert_allclose(base[~masks], recon[~masks], atol=1e-5)
+
+    def boom(pipe, step, timestep, kwargs):
+        raise RuntimeError("boom")
+
+    both = [StyleCondition(lora=loras["a"], embedding=embedding, mask=masks)]
+    with pytest.raises(RuntimeError, match="boom"):  # a failing call restores the UNet too
+        run(video_pipe, video, both, style_token_adapter=token_adapter, callback_on_step_end=boom)
+    assert_same(before, snapshot(video_pipe))
+    assert not getattr(video_pipe.unet, "peft_config", None)
+
+
+def test_styleid_and_lora_regions_with_windows_and_cross_frame_all(video_pipe, loras, style):
+    """One call, three checks: a StyleID and a LoRA region side by side, sliding windows (the adapters
+    carried into every window), cross_frame="all" (token masks on the anchored injection)."""
+    video = moving_video(3)
+    left = np.zeros((SIZE, SIZE), bool)
+    left[:, : SIZE // 2] = True
+    middle = np.zeros_like(left)
+    middle[6:26, 6:26] = True
+    styleid_region, lora_region = left & middle, ~left & middle
+    recon = reconstructions(video_pipe, video)
+    before = snapshot(video_pipe)
+    regions = [
+        StyleCondition(image=style, mask=styleid_region),
+        StyleCondition(lora=loras["a"], mask=lora_region),
+    ]
+    settings = {"cross_frame": "all", "window_size": 2, "window_overlap": 1, "cache": False}
+    result = run(video_pipe, video, regions, **settings)
+    out = result.frames
+    assert result.windows == [(0, 2), (1, 3)] and out.shape == (3, SIZE, SIZE, 3)
+    np.testing.assert_allclose(out[:, ~middle], recon[:, ~middle], atol=1e-5)
+    for region in (styleid_region, lora_region):
+        assert np.abs(out - recon)[:, region].mean() > 1e-2
+    assert_same(before, snapshot(video_pipe))
+    assert not getattr(video_pipe.unet, "peft_config", None)
+
+
+def test_adain_skips_image_free_streams(video_pipe, loras, style):
+    """A LoRA stream starts from the frames' own inverted latents: with the StyleID region muted (weight 0),
+    the output is the LoRA stream alone, whatever the AdaIN mode and the image its slot borrows."""
+    video = moving_video(2)
+    everywhere = np.ones((SIZE, SIZE))
+    alone = run(video_pipe, video, StyleCondition(lora=loras["a"], mask=everywhere), cache=False).frames
+    for adain in (True, "frame"):
+        beside = run(
+            video_pipe,
+            video,
+            [StyleCondition(image=style, weight=0.0), StyleCondition(lora=loras["a"], mask=everywhere)],
+            adain=adain,
+            cache=False,
+        ).frames
+        np.testing.assert_allclose(beside, alone, atol=1e-4)
+
+
+def test_image_free_regions_refused_before_model_work(video_pipe, adapter, loras, token_adapter, style):
+    video, masks = moving_video(2), moving_squares(2)
+    before = snapshot(video_pipe)
+    calls = []
+    handle = video_pipe.unet.register_forward_pre_hook(lambda *a: calls.append(1))
+    try:
+        with pytest.raises(ValueError, match=r"style\[0\]: video style transfer needs StyleCondition.image"):
+            run(video_pipe, video, StyleCondition(lora=loras["a"]))  # no mask anywhere: plain StyleID
+        with pytest.raises(
+            ValueError, match=r"style\[1\]: LoRA / style-token regions .* motion_adapter=None"
+        ):
+            run(
+                video_pipe,
+                video,
+                [style, StyleCondition(lora=loras["a"], mask=masks)],
+                motion_adapter=adapter,
+            )
+        with pytest.raises(ValueError, match=r"style\[1\]\.lora: cannot read"):
+            run(video_pipe, video, [style, StyleCondition(lora=loras["garbage"], mask=masks)])
+        with pytest.raises(ValueError, match=r"style\[0\]\.lora: .*another architecture"):
+            run(video_pipe, video, StyleCondition(lora=loras["wide"], mask=masks))
+        with pytest.raises(AdapterCompatibilityError, match=r"style\[0\]\.embedding has shape \(12,\)"):
+            run(
+                video_pipe,
+                video,
+                StyleCondition(embedding=torch.ones(12), mask=masks),
+                style_token_adapter=token_adapter,
+            )
+        with pytest.raises(ValueError, match="styleid-official"):
+            run(video_pipe, video, StyleCondition(lora=loras["a"], mask=masks), layers="styleid-official")
+        with pytest.raises(ValueError, match="got masks for 3 frames, but the video has 2 frames"):
+            run(video_pipe, video, StyleCondition(lora=loras["a"], mask=moving_squares(3)))
+    finally:
+        handle.remove()
+    assert calls == [], "model work started before the input was refused"
+    assert_same(before, snapshot(video_pipe))
+
+
+# ------------------------------------------------------------------------------- cross_frame="all"
+def test_anchored_injection_applies_the_region_token_masks():
+    """On its mask's tokens a row gets the anchored injection; elsewhere the plain cross-frame attention."""
+    from types import SimpleNamespace
+
+    from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+
+    from stylekit.attention.injection import StyleInjectionProcessor
+    from stylekit.video_attention import AnchoredInjectionProcessor, CrossFrameProcessor, CrossFrameState
+
+    torch.manual_seed(0)
+    attn = Attention(query_dim=8, heads=2, dim_head=4)
+    videos, frames, side = 2, 3, 4
+    hidden = torch.randn(videos * frames, side * side, 8)
+    style_k, style_v = torch.randn(2, side * side, 8), torch.randn(2, side * side, 8)
+
+    def injected(layer, q, k, v):  # query preservation-like query, the row's style K/V
+        per_row = torch.arange(len(q)) // frames
+        return 0.5 * q, style_k[per_row], style_v[per_row]
+
+    ctrl = SimpleNamespace(
+        mode="inject",
+        injecting=True,
+        injected=injected,
+        token_masks=None,
+        settings=SimpleNamespace(backend="math"),
+    )
+    state = CrossFrameState(("first", "previous"))
+    state.frames = frames
+    anchored = AnchoredInjectionProcessor(StyleInjectionProcessor("layer", ctrl, AttnProcessor2_0()), state)
+    cross = CrossFrameProcessor("layer", state, AttnProcessor2_0())
+    masks = torch.zeros(videos * frames, side, side)
+    masks[:, :, :2] = 1.0  # left half of every row's tokens
+    masks[1] = 0.0  # one row entirely outside: no injection there
+    styled, plain = anchored(attn, hidden), cross(attn, hidden)
+    ctrl.token_masks = masks
+    restricted = anchored(attn, hidden)
+    inside = masks.flatten(1).bool()
+    torch.testing.assert_close(restricted[inside], styled[inside])
+    torch.testing.assert_close(restricted[~inside], plain[~inside])
+    assert (styled - plain)[~inside].abs().max() > 1e-3  # the restriction changed something
