@@ -168,12 +168,15 @@ def gram_network(seed: int = 0) -> nn.Module:
 
 
 @torch.no_grad()
-def gram_embedding(images: ImageInput | Sequence[ImageInput], seed: int = 0) -> torch.Tensor:
+def gram_embedding(
+    images: ImageInput | Sequence[ImageInput], seed: int = 0, masks: torch.Tensor | None = None
+) -> torch.Tensor:
     """Concatenated Gram matrices of the random CNN's three layers: float32 ``(B, D)``. ``images`` may
     also be a ``(B, 3, H, W)`` float tensor in ``[0, 1]`` (used as is).
 
     Per layer ``G = F F^T / (H W)`` on the ``(C, H W)`` feature map, divided by ``C`` so that every layer
-    weighs about the same; ``D = 16^2 + 32^2 + 64^2``.
+    weighs about the same; ``D = 16^2 + 32^2 + 64^2``. ``masks`` ((B, H, W) in [0, 1]) restrict each Gram
+    to a region: ``G = F diag(m) F^T / sum(m)`` with ``m`` the mask area-averaged onto the layer's grid.
     """
     x = (
         images
@@ -184,7 +187,11 @@ def gram_embedding(images: ImageInput | Sequence[ImageInput], seed: int = 0) -> 
     for feat in gram_network(seed)(x.float()):
         b, c, h, w = feat.shape
         flat = feat.reshape(b, c, h * w)
-        gram = flat @ flat.transpose(1, 2) / (h * w)
+        if masks is None:
+            gram = flat @ flat.transpose(1, 2) / (h * w)
+        else:
+            m = F.adaptive_avg_pool2d(masks[:, None].float(), (h, w)).reshape(b, 1, h * w)
+            gram = (flat * m) @ flat.transpose(1, 2) / m.sum(-1, keepdim=True).clamp_min(1e-12)
         parts.append(gram.reshape(b, -1) / c)
     return torch.cat(parts, dim=1)
 
@@ -207,11 +214,15 @@ def style_score_components(
     outputs: ImageInput | Sequence[ImageInput],
     contents: ImageInput | Sequence[ImageInput],
     styles: ImageInput | Sequence[ImageInput],
+    masks: np.ndarray | torch.Tensor | None = None,
 ) -> dict[str, np.ndarray]:
     """Per-image style scores of every metric in :data:`STYLE_METRICS` plus their mean (``"style"``).
 
     Args:
         outputs, contents, styles: one image each or equally long lists / batches (``B`` triples).
+        masks: optional bool ``(B, H, W)`` regions of the outputs and contents: the score of the region
+            alone (palette of its pixels; Gram over its feature positions, ``gram_embedding``), against
+            the whole style image. None: the whole images.
 
     Returns:
         ``{"palette": (B,), "gram": (B,), "style": (B,)}`` float64 arrays in ``[0, 1]``.
@@ -221,8 +232,26 @@ def style_score_components(
         raise ValueError(
             f"outputs, contents and styles must be equally many, got {len(o)}, {len(c)}, {len(s)}"
         )
-    pal = [torch.stack([_palette_embedding(im.permute(1, 2, 0)) for im in batch]) for batch in (o, c, s)]
-    gram = [gram_embedding(batch) for batch in (o, c, s)]
+    if masks is None:
+        pal = [torch.stack([_palette_embedding(im.permute(1, 2, 0)) for im in batch]) for batch in (o, c, s)]
+        gram = [gram_embedding(batch) for batch in (o, c, s)]
+    else:
+        region = torch.as_tensor(np.asarray(masks)).bool()
+        if region.shape != (len(o), *o.shape[-2:]) or not region.flatten(1).any(1).all():
+            raise ValueError(
+                f"masks: expected {len(o)} non-empty masks of {tuple(o.shape[-2:])}, got {tuple(region.shape)}"
+            )
+        pal = [
+            torch.stack(
+                [
+                    _palette_embedding(im.permute(1, 2, 0)[m][None])
+                    for im, m in zip(batch, region, strict=True)
+                ]
+            )
+            for batch in (o, c)
+        ]
+        pal.append(torch.stack([_palette_embedding(im.permute(1, 2, 0)) for im in s]))
+        gram = [gram_embedding(o, masks=region), gram_embedding(c, masks=region), gram_embedding(s)]
     scores = {"palette": _closed_share(*pal).numpy(), "gram": _closed_share(*gram).numpy()}
     scores["style"] = np.mean([scores[m] for m in STYLE_METRICS], axis=0)
     return scores

@@ -166,3 +166,31 @@ def test_probes_beat_chance_and_are_deterministic():
         assert torch.equal(p, q)
     with pytest.raises(ValueError):
         train_probe("shape")
+
+
+def test_region_style_score(world):
+    """``masks``: the score of the region alone. A region holding the style image's pixels scores 1 and
+    one holding the content's scores 0, whatever the rest of the image holds; an all-ones mask equals the
+    whole-image score on the palette; empty or misshaped masks are refused."""
+    f = world.float_images()
+    c, s = f[0], f[1]
+    region = np.zeros(c.shape[:2], bool)
+    region[16:48, 16:48] = True
+    pasted = np.where(region[..., None], s, c)  # the style image's pixels inside, the content outside
+    whole = style_score_components([pasted], [c], [s])["style"][0]
+    inside = style_score_components([pasted], [c], [s], masks=region[None])
+    assert inside["palette"][0] > 0.6 > whole  # the region alone is much closer to the style
+    untouched = style_score_components([np.where(region[..., None], c, s)], [c], [s], masks=region[None])
+    # The region holds the content's pixels: its palette did not move; the Gram sees a little across the
+    # border (the CNN's receptive field).
+    assert untouched["palette"][0] == 0.0 and untouched["gram"][0] < 0.1
+    full = np.ones(c.shape[:2], bool)[None]
+    np.testing.assert_allclose(
+        style_score_components([pasted], [c], [s], masks=full)["palette"],
+        style_score_components([pasted], [c], [s])["palette"],
+        rtol=1e-6,
+    )
+    with pytest.raises(ValueError, match="non-empty masks"):
+        style_score_components([c], [c], [s], masks=np.zeros((1, 64, 64), bool))
+    with pytest.raises(ValueError, match="non-empty masks"):
+        style_score_components([c], [c], [s], masks=np.ones((1, 32, 32), bool))
