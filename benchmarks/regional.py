@@ -1,13 +1,13 @@
 """Regional style quality and SAM prompt cost on held-out world images; prints one JSON line.
 
 Usage: ``python benchmarks/regional.py [--model auto] [--pairs 8] [--steps 25] [--feather 2] [--margin 2]
-[--prompts 16] [--reencode 2] [--sam tiny|vit_b|checkpoint] [--only all|quality|sam] [--seed 0]``
+[--context 0] [--prompts 16] [--reencode 2] [--sam tiny|vit_b|checkpoint] [--only all|quality|sam] [--seed 0]``
 
 Pairs are held-out (content, style) world pairs (``transfer_quality.sample_pairs``). Two regions per pair
 from the content's exact object masks: ``objects`` (their union: style the objects, keep the scene; the
 unprefixed keys) and ``scene`` (its complement: style the scene, keep the objects; keys prefixed
 ``scene_``). Per pair: whole-image StyleID, regional StyleID for each region (``StyleCondition(mask=
-MaskSpec(region, feather))``), and the content's VAE reconstruction; no inversion cache (fair times).
+MaskSpec(region, feather)), region_context=--context``), and the content's VAE reconstruction; no inversion cache (fair times).
 
 - ``background_psnr_db``: PSNR (pixels in [0, 1]) of the regional output against the reconstruction, over the
   pixels farther than ``--margin`` px from the region (capped at 100 dB = identical; ``background_max_abs``).
@@ -16,6 +16,8 @@ MaskSpec(region, feather))``), and the content's VAE reconstruction; no inversio
   inside the region): how much of the whole-image transfer's style the region keeps. Small regions move
   the whole-image score little, so for ``objects`` the ratio is noisy; ``inside_change_ratio`` (mean
   |output - reconstruction| inside the region, regional / whole-image) is a metric-free cross-check.
+- ``inside_region_style_ratio``: the region alone scored (``style_score_components(..., masks=)``: the
+  palette of its pixels, the Gram over its feature positions), regional / whole-image output.
 - ``seam_gradient_ratio``: mean squared image gradient in a band of +-2 px around the region's border,
   regional output / content reconstruction; ``seam_vs_hard_paste`` the same against the whole-image output
   pasted with the hard mask (< 1: a softer seam than cut-and-paste).
@@ -100,6 +102,7 @@ def _summary(rows: dict[str, list[float]], prefix: str) -> dict[str, float]:
         f"{prefix}background_psnr_db_min": round(float(np.min(rows["psnr"])), 2),
         f"{prefix}background_max_abs": round(float(np.max(rows["max_abs"])), 6),
         f"{prefix}inside_style_ratio": mean("ratio"),
+        f"{prefix}inside_region_style_ratio": mean("region_ratio"),
         f"{prefix}inside_change_ratio": mean("change"),
         f"{prefix}seam_gradient_ratio": mean("seam"),
         f"{prefix}seam_vs_hard_paste": mean("seam_paste"),
@@ -114,7 +117,7 @@ def quality(args: argparse.Namespace) -> dict[str, Any]:
     pipe.set_progress_bar_config(disable=True)
     size = int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
     pairs = sample_pairs(np.random.default_rng(args.seed), args.pairs, size)
-    keys = ("psnr", "max_abs", "ratio", "change", "seam", "seam_paste", "area")
+    keys = ("psnr", "max_abs", "ratio", "region_ratio", "change", "seam", "seam_paste", "area")
     rows = {kind: {k: [] for k in keys} for kind in REGIONS}
     times = {"whole": 0.0, "regional": 0.0}
     for content, masks, style in zip(pairs["contents"], pairs["masks"], pairs["styles"], strict=True):
@@ -132,7 +135,7 @@ def quality(args: argparse.Namespace) -> dict[str, Any]:
         for kind, region in zip(REGIONS, (objects, ~objects), strict=True):
             start = time.perf_counter()
             condition = StyleCondition(image=style, mask=MaskSpec(region, feather=args.feather))
-            regional = pipe(style=condition, **call).images[0]
+            regional = pipe(style=condition, region_context=args.context, **call).images[0]
             times["regional"] += (time.perf_counter() - start) / len(REGIONS)
             row = rows[kind]
             kept = ~_dilate(region, args.margin)
@@ -141,6 +144,10 @@ def quality(args: argparse.Namespace) -> dict[str, Any]:
             pasted = np.where(region[..., None], whole, recon)
             scores = style_score_components([regional, pasted], [content, content], [style, style])["style"]
             row["ratio"].append(float(scores[0] / max(scores[1], 1e-9)))
+            inside = style_score_components(
+                [regional, whole], [content, content], [style, style], masks=np.stack([region, region])
+            )["style"]
+            row["region_ratio"].append(float(inside[0] / max(inside[1], 1e-9)))
             change = np.abs(whole - recon)[region].mean()
             row["change"].append(float(np.abs(regional - recon)[region].mean() / max(change, 1e-9)))
             band = _dilate(region, 2) & ~_erode(region, 2)
@@ -156,6 +163,7 @@ def quality(args: argparse.Namespace) -> dict[str, Any]:
         "pairs": args.pairs,
         "feather_px": args.feather,
         "margin_px": args.margin,
+        "region_context": args.context,
         **_summary(rows["objects"], ""),
         **_summary(rows["scene"], "scene_"),
         "regional_time_ratio": round(times["regional"] / max(times["whole"], 1e-9), 3),
@@ -210,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--feather", type=int, default=2)
     parser.add_argument("--margin", type=int, default=2)
+    parser.add_argument("--context", type=float, default=0.0, help="region_context of the regional calls")
     parser.add_argument("--prompts", type=int, default=16)
     parser.add_argument("--reencode", type=int, default=2)
     parser.add_argument("--sam", choices=("tiny", "vit_b", "checkpoint"), default="tiny")

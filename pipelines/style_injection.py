@@ -187,6 +187,7 @@ class StyleInjectionMixin:
         cache_strategy: str | None = None,
         conditioners: Sequence[Conditioner] = (),
         style_token_adapter: Any = None,
+        region_context: float = 0.0,
         attention_backend: str = "sdpa",
         callback_on_step_end: Callable[[Any, int, Any, dict[str, Any]], dict[str, Any]] | None = None,
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
@@ -217,6 +218,9 @@ class StyleInjectionMixin:
             conditioners: extra conditioners composed into this call.
             style_token_adapter: the ``StyleTokenAdapter`` (or its folder) for regions given as ``embedding``
                 / ``text``; None = the bundled one (``stylekit.tokens.load_default_adapter``).
+            region_context: for masked conditions, the fraction of the schedule each style runs on the
+                whole image before it is confined to its region (``RegionalStyle.context``; raise it for
+                small regions).
             attention_backend: "sdpa" or "math".
             callback_on_step_end: diffusers-style ``f(pipe, step, timestep, kwargs) -> dict``.
 
@@ -237,7 +241,10 @@ class StyleInjectionMixin:
         )
         # Masked conditions: one output per content, each style in its region (validated here, before model work).
         regional = RegionalStyle.from_conditions(
-            conditions, [im.size for im in contents], style_token_adapter=style_token_adapter
+            conditions,
+            [im.size for im in contents],
+            style_token_adapter=style_token_adapter,
+            context=region_context,
         )
         preset = preset_of(layers)
         if regional is not None:

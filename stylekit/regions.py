@@ -532,6 +532,12 @@ class RegionalStyle(ConditionerBase):
             plain self-attention) and starts from the content's own inverted latent (no AdaIN): the row is
             the content's DDIM reconstruction, changed only by its ``adapters`` (LoRA / style tokens).
         adapters: per-row LoRAs and style tokens (``RegionAdapters``), or None.
+        context: fraction of the schedule, in [0, 1], during which every row is the whole-image transfer
+            of its style (no latent blending, injection not restricted) before the blending and the
+            restriction confine it to its region. 0 (default): confined from the first step, the region
+            harmonises with the kept content; larger values keep more of the whole-image style in small
+            regions, whose few latent cells otherwise follow the content around them; 1: each style's
+            whole-image transfer, merged at the last step and pasted through the feathered mask.
     """
 
     def __init__(
@@ -545,8 +551,14 @@ class RegionalStyle(ConditionerBase):
         latent_dilation: int = 1,
         references: Sequence[bool] | None = None,
         adapters: RegionAdapters | None = None,
+        context: float = 0.0,
     ) -> None:
         masks = list(masks)
+        if isinstance(context, bool) or not isinstance(context, (int, float)) or not 0.0 <= context <= 1.0:
+            raise ValueError(f"region context: expected a number in [0, 1], got {context!r}")
+        self.context = float(context)
+        self._free_steps = 0
+        self._free_masks: torch.Tensor | None = None
         if not masks:
             raise ValueError("masks: expected one mask (or None) per style")
         self.references = [True] * len(masks) if references is None else [bool(r) for r in references]
@@ -716,6 +728,9 @@ class RegionalStyle(ConditionerBase):
         attention = row_masks.clone() if self.restrict_attention else torch.ones_like(row_masks)
         attention[[i for i, r in enumerate(rows) if not self.references[r.style]]] = 0.0
         self._row_masks = None if bool((attention == 1).all()) else attention
+        free = torch.ones_like(row_masks)  # the whole-image phase (``context``): injection everywhere
+        free[[i for i, r in enumerate(rows) if not self.references[r.style]]] = 0.0
+        self._free_masks = None if bool((free == 1).all()) else free
         self._injection = injection
         self._trajectories = [injection.content_trajectory(rows[g[0]].content) for g in self._groups]
         timesteps = [int(t) for t in injection.sampling_timesteps]
@@ -738,8 +753,9 @@ class RegionalStyle(ConditionerBase):
             content = _content_latent(self._trajectories[g], first)
             content = start[group[0]] if content is None else content.to(start)
             blended[group] = self._mix(start, group, g, content)
-        injection.start_latents = blended
         self._num_steps = len(timesteps)
+        self._free_steps = round(self.context * self._num_steps)
+        injection.start_latents = blended if self._free_steps == 0 else start
         if self.adapters is not None:
             self.adapters.prepare(pipe, **{**call, "rows": rows})
 
@@ -753,7 +769,7 @@ class RegionalStyle(ConditionerBase):
         assert self._injection is not None, "call prepare() before attach()"
         controller = self._injection.controller
         previous = controller.token_masks
-        controller.token_masks = self._row_masks
+        controller.token_masks = self._free_masks if self._free_steps > 0 else self._row_masks
         try:
             if self.adapters is None:
                 yield
@@ -764,10 +780,14 @@ class RegionalStyle(ConditionerBase):
             controller.token_masks = previous
 
     def on_step_begin(self, step_index: int, timestep: int, latents: torch.Tensor) -> None:
+        if step_index == self._free_steps and self._free_steps > 0:
+            self._injection.controller.token_masks = self._row_masks  # the whole-image phase is over
         if self.adapters is not None:
             self.adapters.position = step_index / max(self._num_steps, 1)
 
     def on_step_end(self, step_index: int, timestep: int, latents: torch.Tensor) -> torch.Tensor:
+        if step_index + 1 < self._free_steps and step_index + 1 < self._num_steps:
+            return latents  # whole-image phase: rows evolve on their own
         target = self._next_timestep[step_index]
         out = latents.clone()
         for g, group in enumerate(self._groups):

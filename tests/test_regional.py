@@ -258,3 +258,35 @@ def test_composes_with_per_row_style_tokens(tiny_sd, world):
     recon = reconstruction(tiny_sd, content)
     np.testing.assert_allclose(styled[~union], recon[~union], atol=1e-5)
     assert np.abs(styled - without)[union].mean() > 1e-4  # the tokens act, inside the regions only
+
+
+def test_region_context_runs_the_whole_image_first(tiny_sd, world):
+    """``region_context``: the first steps are exactly the whole-image transfer; from then on the region is
+    confined (the outside latents are the content's trajectory); the outside pixels stay the content."""
+    content, mask, style, _ = world
+    steps = 4
+
+    def latents_per_step(**kwargs):
+        seen: list[torch.Tensor] = []
+
+        def keep(pipe, step, timestep, tensors):
+            seen.append(tensors["latents"].clone())
+            return tensors
+
+        result = run(tiny_sd, content, num_inference_steps=steps, callback_on_step_end=keep, **kwargs)
+        return seen, result.images[0]
+
+    plain, _ = latents_per_step(style=style)
+    confined, _ = latents_per_step(style=StyleCondition(image=style, mask=mask))
+    half, half_out = latents_per_step(style=StyleCondition(image=style, mask=mask), region_context=0.5)
+    torch.testing.assert_close(half[0], plain[0], rtol=0, atol=0)  # step 0: whole-image transfer
+    assert not torch.equal(confined[0], plain[0])  # context 0 confines from the first step
+    size = tuple(half[1].shape[-2:])
+    coverage = torch.nn.functional.adaptive_avg_pool2d(torch.from_numpy(mask)[None].float(), size)
+    corner = torch.nn.functional.max_pool2d(coverage, 3, 1, 1)[0] == 0  # outside the region grown by 1 cell
+    assert corner.any()
+    torch.testing.assert_close(half[1][..., corner], confined[1][..., corner])  # blended from step 1 on
+    recon = reconstruction(tiny_sd, content)
+    np.testing.assert_allclose(half_out[~mask], recon[~mask], atol=1e-5)
+    with pytest.raises(ValueError, match="region context"):
+        run(tiny_sd, content, StyleCondition(image=style, mask=mask), region_context=1.5)
