@@ -7,8 +7,14 @@ Usage: ``python benchmarks/video_speed.py [--model tiny-sd] [--frames 8] [--step
   adapter, style inversion cached as in any repeated use) / frames/s of stock diffusers
   ``AnimateDiffVideoToVideoPipeline`` with its default guidance (7.5, so two UNet rows per frame) and
   ``enforce_inference_steps=True`` (exactly ``--steps`` denoising steps), on the same components (a tiny
-  random ``MotionAdapter`` built for the model's UNet), frames, steps and resolution, in one run; best of
-  ``--repeats`` after a warm-up. ``fps_ratio_no_cfg`` compares with the stock pipeline at guidance 1.
+  random ``MotionAdapter`` built for the model's UNet), frames, steps and resolution, in one run. Every
+  pipeline is timed on warm calls (one untimed warm-up call each first; for ours that is also where the
+  style's inversion enters the cache, so the timed calls invert the frames only); the calls of the
+  pipelines are interleaved (ours, stock, stock without guidance, repeated ``--repeats`` times) so machine
+  noise hits them alike, and the best wall time of each counts. ``fps_ratio_no_cfg`` compares with the
+  stock pipeline at guidance 1; ``fps_ratio_cpu`` is the same ratio from the process's CPU time (one
+  thread: less sensitive to other jobs on a shared machine). ``settings`` records both pipelines' exact
+  arguments; ``unet_calls`` the UNet forward calls per video of each.
 - ``memory_ratio_4x_window``: peak resident-memory growth during a call on a video 4x the window length /
   the same on a video of one window (each in a fresh subprocess, RSS sampled every 2 ms; frames streamed
   to a file, so what grows with the length is only the returned frames).
@@ -17,6 +23,7 @@ Usage: ``python benchmarks/video_speed.py [--model tiny-sd] [--frames 8] [--step
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import subprocess
@@ -27,6 +34,8 @@ import time
 
 import numpy as np
 import torch
+
+OUR_DEFAULTS = ("gamma", "temperature", "cross_frame", "anchors", "adain", "window_overlap")
 
 
 def _rss() -> int:
@@ -142,18 +151,49 @@ def main(argv: list[str] | None = None) -> int:
             generator=torch.Generator().manual_seed(0),
         )
 
-    def best(fn) -> float:
-        fn()  # warm-up (and, for ours, the style's inversion into the cache)
-        times = []
-        for _ in range(args.repeats):
-            start = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - start)
-        return args.frames / min(times)
+    runs = {"ours": run_ours, "stock": lambda: run_stock(7.5), "stock_no_cfg": lambda: run_stock(1.0)}
+    calls = {name: 0 for name in runs}
 
-    fps_ours = best(run_ours)
-    fps_stock = best(lambda: run_stock(7.5))
-    fps_stock_no_cfg = best(lambda: run_stock(1.0))
+    def counter(name: str):
+        def count(*_: object) -> None:
+            calls[name] += 1
+
+        return count
+
+    counted = [
+        (ours._motion_cache.get(ours.unet, adapter), "ours"),
+        (ours.unet, "ours"),
+        (stock.unet, "stock"),
+    ]
+    for fn in runs.values():  # warm-up (and, for ours, the style's inversion into the cache)
+        fn()
+    wall: dict[str, list[float]] = {name: [] for name in runs}
+    cpu: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(args.repeats):
+        for name, fn in runs.items():
+            tag = "ours" if name == "ours" else "stock"
+            hooks = [m.register_forward_pre_hook(counter(name)) for m, owner in counted if owner == tag]
+            start, start_cpu = time.perf_counter(), time.process_time()
+            fn()
+            wall[name].append(time.perf_counter() - start)
+            cpu[name].append(time.process_time() - start_cpu)
+            for hook in hooks:
+                hook.remove()
+    fps_ours, fps_stock, fps_stock_no_cfg = (args.frames / min(wall[name]) for name in runs)
+    cpu_ratio = min(cpu["stock"]) / min(cpu["ours"])
+    defaults = inspect.signature(type(ours).__call__).parameters
+    settings = {
+        "ours": {"class": type(ours).__name__, **{name: defaults[name].default for name in OUR_DEFAULTS},
+                 "window_size": args.window, "num_inference_steps": args.steps,
+                 "motion_adapter": "tiny random", "guidance": "none (1 UNet row per frame and step)",
+                 "inversion": f"{args.steps} DDIM steps, style cached (warm), frames inverted every call"},
+        "stock": {"class": type(stock).__name__, "prompt": "", "guidance_scale": 7.5,
+                  "strength": inspect.signature(type(stock).__call__).parameters["strength"].default,
+                  "enforce_inference_steps": True, "generator_seed": 0,
+                  "scheduler": type(stock.scheduler).__name__},
+        "stock_no_cfg": {"guidance_scale": 1.0},
+        "timing": f"warm calls, interleaved, best of {args.repeats} (wall and process CPU time)",
+    }  # fmt: skip
 
     def memory(frames: int) -> int:
         command = [sys.executable, __file__, "--model", args.model, "--window", str(args.window), "--steps", str(args.steps),
@@ -175,12 +215,15 @@ def main(argv: list[str] | None = None) -> int:
         "fps_stock_no_cfg": round(fps_stock_no_cfg, 3),
         "fps_ratio": round(fps_ours / fps_stock, 3),
         "fps_ratio_no_cfg": round(fps_ours / fps_stock_no_cfg, 3),
+        "fps_ratio_cpu": round(cpu_ratio, 3),
+        "unet_calls": {name: calls[name] // args.repeats for name in runs},
         "unet_rows_per_frame": round(rows["ours"].unet_evals / args.frames, 2),
         "unet_rows_per_frame_stock": 2 * args.steps,
         "memory_size": args.memory_size,
         "memory_1x_window_mb": round(memory_1x / 2**20, 1),
         "memory_4x_window_mb": round(memory_4x / 2**20, 1),
         "memory_ratio_4x_window": round(memory_4x / max(memory_1x, 1), 3),
+        "settings": settings,
     }
     print(json.dumps(line))
     return 0

@@ -146,7 +146,8 @@ class MotionUNetCache:
         self._model: Any = None
 
     def get(self, unet: Any, adapter: Any) -> Any:
-        key = (model_fingerprint(unet), model_fingerprint(adapter), str(unet.device), str(unet.dtype))
+        weight = next(unet.parameters())  # its device / dtype: ``unet.dtype`` walks every module
+        key = (model_fingerprint(unet), model_fingerprint(adapter), str(weight.device), str(weight.dtype))
         if key != self._key:
             self._model = None  # free the old one first
             self._model = motion_unet(unet, adapter)
