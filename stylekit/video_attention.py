@@ -17,7 +17,7 @@ Rows are ``(videos * frames)`` in video-major order (the layout of diffusers' ``
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -27,6 +27,7 @@ from stylekit.attention.injection import (
     multihead_attention,
     self_attention_output,
     self_attention_tokens,
+    swapped_processors,
     token_mask,
 )
 
@@ -139,25 +140,6 @@ class CrossFrameProcessor:
         value = torch.cat(values + anchor_values, dim=2).reshape(rows, -1, channels)
         hidden_states = multihead_attention(attn, query, key, value, state.backend)  # type: ignore[arg-type]
         return self_attention_output(attn, hidden_states, residual, shape)
-
-
-@contextmanager
-def swapped_processors(unet: Any, make: Callable[[str, Any], Any], layers: Sequence[str]) -> Iterator[None]:
-    """Set ``make(name, current_processor)`` on each processor name in ``layers`` (attention modules found by
-    path, ``...attn1.processor`` -> ``...attn1``) and put the previous processors back on exit, also on error.
-
-    Equivalent to ``set_attn_processor`` with a full dict but touches only ``layers``: diffusers' version
-    walks every module of the UNet twice per install (tens of ms per window on a motion UNet).
-    """
-    modules = [unet.get_submodule(name.removesuffix(".processor")) for name in layers]
-    saved = [module.processor for module in modules]
-    try:
-        for name, module, previous in zip(layers, modules, saved, strict=True):
-            module.set_processor(make(name, previous))
-        yield
-    finally:
-        for module, previous in zip(modules, saved, strict=True):
-            module.set_processor(previous)
 
 
 @contextmanager

@@ -14,7 +14,7 @@ the same batch). Untargeted layers keep whatever processor they had (IP-Adapter,
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -317,15 +317,29 @@ class StyleInjectionProcessor:
 
 
 @contextmanager
-def installed_processors(unet: Any, layers: Sequence[str], controller: InjectionController) -> Iterator[None]:
-    """Install injection processors on ``layers`` (processor names) and restore the full original
-    ``unet.attn_processors`` dict on exit, also when the body raises."""
-    saved = dict(unet.attn_processors)
-    replaced = dict(saved)
-    for name in layers:
-        replaced[name] = StyleInjectionProcessor(name, controller, saved[name])
-    unet.set_attn_processor(replaced)
+def swapped_processors(unet: Any, make: Callable[[str, Any], Any], layers: Sequence[str]) -> Iterator[None]:
+    """Set ``make(name, current_processor)`` on each processor name in ``layers`` (attention modules found by
+    path, ``...attn1.processor`` -> ``...attn1``) and put the previous processors back on exit, also on error.
+
+    Equivalent to ``set_attn_processor`` with a full dict but touches only ``layers``: diffusers' version
+    walks every module of the UNet twice per install (tens of ms per window on a motion UNet).
+    """
+    modules = [unet.get_submodule(name.removesuffix(".processor")) for name in layers]
+    saved = [module.processor for module in modules]
     try:
+        for name, module, previous in zip(layers, modules, saved, strict=True):
+            module.set_processor(make(name, previous))
         yield
     finally:
-        unet.set_attn_processor(saved)
+        for module, previous in zip(modules, saved, strict=True):
+            module.set_processor(previous)
+
+
+@contextmanager
+def installed_processors(unet: Any, layers: Sequence[str], controller: InjectionController) -> Iterator[None]:
+    """Install injection processors on ``layers`` (processor names) and put the previous processors back on
+    exit, also when the body raises."""
+    with swapped_processors(
+        unet, lambda name, previous: StyleInjectionProcessor(name, controller, previous), layers
+    ):
+        yield
