@@ -536,8 +536,11 @@ class RegionalStyle(ConditionerBase):
             of its style (no latent blending, injection not restricted) before the blending and the
             restriction confine it to its region. 0 (default): confined from the first step, the region
             harmonises with the kept content; larger values keep more of the whole-image style in small
-            regions, whose few latent cells otherwise follow the content around them; 1: each style's
-            whole-image transfer, merged at the last step and pasted through the feathered mask.
+            regions, whose few latent cells otherwise follow the content around them; 1: no latent
+            blending at all: each style's whole-image transfer is decoded and the outputs are merged in
+            pixels by their (feathered, weighted) masks over the content's reconstruction (one VAE decode
+            per style; the decoder mixes neighbouring pixels, so merging decoded images keeps a small
+            region's style where a latent merge would not). Needs ``composite``.
     """
 
     def __init__(
@@ -559,6 +562,8 @@ class RegionalStyle(ConditionerBase):
         self.context = float(context)
         self._free_steps = 0
         self._free_masks: torch.Tensor | None = None
+        self._pixel_blend: torch.Tensor | None = None  # context 1: (rows, 1, H, W) pixel weights
+        self._row_latents: torch.Tensor | None = None
         if not masks:
             raise ValueError("masks: expected one mask (or None) per style")
         self.references = [True] * len(masks) if references is None else [bool(r) for r in references]
@@ -737,6 +742,11 @@ class RegionalStyle(ConditionerBase):
         self._next_timestep = [*timesteps[1:], None]
         active = torch.tensor([float(w > 0) for w in self.weights]).view(-1, 1, 1, 1)
         self._alpha = (pixels * active).sum(0).clamp(0, 1)[:, None]  # (contents, 1, H, W): regions' union
+        weighted = torch.stack([pixels[r.style, r.content] * self.weights[r.style] for r in rows])
+        for group in self._groups:  # pixel weights per row, renormalised where regions overlap beyond 1
+            total = weighted[group].sum(0)
+            weighted[group] = weighted[group] / total.clamp_min(1.0)
+        self._pixel_blend = weighted[:, None]
         # One start latent per content: the rows' (AdaIN'd) starts blended like every later step. A row
         # without a reference image starts from the content's own inverted latent (no AdaIN).
         first = timesteps[0]
@@ -755,6 +765,8 @@ class RegionalStyle(ConditionerBase):
             blended[group] = self._mix(start, group, g, content)
         self._num_steps = len(timesteps)
         self._free_steps = round(self.context * self._num_steps)
+        if self._free_steps >= self._num_steps and not self.composite_pixels:
+            raise ValueError("region context 1 merges the styles in pixels: it needs composite=True")
         injection.start_latents = blended if self._free_steps == 0 else start
         if self.adapters is not None:
             self.adapters.prepare(pipe, **{**call, "rows": rows})
@@ -786,7 +798,7 @@ class RegionalStyle(ConditionerBase):
             self.adapters.position = step_index / max(self._num_steps, 1)
 
     def on_step_end(self, step_index: int, timestep: int, latents: torch.Tensor) -> torch.Tensor:
-        if step_index + 1 < self._free_steps and step_index + 1 < self._num_steps:
+        if step_index + 1 < self._free_steps or self._pixel_merge:
             return latents  # whole-image phase: rows evolve on their own
         target = self._next_timestep[step_index]
         out = latents.clone()
@@ -797,13 +809,38 @@ class RegionalStyle(ConditionerBase):
             out[group] = self._mix(latents, group, g, content)
         return out
 
+    @property
+    def _pixel_merge(self) -> bool:
+        return self._num_steps > 0 and self._free_steps >= self._num_steps
+
     def select(self, latents: torch.Tensor) -> torch.Tensor:
-        """One latent per content (rows of a content are identical after every step)."""
-        return latents[[group[0] for group in self._groups]]
+        """One latent per content (rows of a content are identical after every step). With context 1 the
+        rows are kept for ``composite`` and the latent returned is their blend over the content's clean
+        latent (what ``output_type="latent"`` gives)."""
+        if not self._pixel_merge:
+            return latents[[group[0] for group in self._groups]]
+        self._row_latents = latents
+        merged = []
+        for g, group in enumerate(self._groups):
+            content = _content_latent(self._trajectories[g], None)
+            merged.append(self._mix(latents, group, g, content))  # type: ignore[arg-type]
+        return torch.stack(merged)
 
     def composite(self, images: torch.Tensor, decode: Any) -> torch.Tensor:
         """Pixel composite of the decoded outputs (C, 3, H, W) in [-1, 1] with the content's
         reconstruction ``decode(clean content latents)`` outside the regions (see ``composite``)."""
+        if self._pixel_merge and self._row_latents is not None:
+            assert self._pixel_blend is not None
+            rows, self._row_latents = decode(self._row_latents.to(images.device)).to(images), None
+            clean = torch.stack([_content_latent(tr, None) for tr in self._trajectories])  # type: ignore[misc]
+            content = decode(clean.to(images.device)).to(images)
+            weights = self._pixel_blend.to(images)
+            return torch.stack(
+                [
+                    (weights[group] * rows[group]).sum(0) + (1 - weights[group].sum(0)) * content[g]
+                    for g, group in enumerate(self._groups)
+                ]
+            )
         if not self.composite_pixels or self._alpha is None or bool((self._alpha == 1).all()):
             return images
         clean = torch.stack([_content_latent(tr, None) for tr in self._trajectories])  # type: ignore[misc]

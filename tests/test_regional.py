@@ -290,3 +290,29 @@ def test_region_context_runs_the_whole_image_first(tiny_sd, world):
     np.testing.assert_allclose(half_out[~mask], recon[~mask], atol=1e-5)
     with pytest.raises(ValueError, match="region context"):
         run(tiny_sd, content, StyleCondition(image=style, mask=mask), region_context=1.5)
+
+
+def test_region_context_one_merges_whole_image_transfers_in_pixels(tiny_sd, world):
+    """``region_context=1``: each style's whole-image transfer, merged in pixels by the masks over the
+    content's reconstruction (exact: inside each region its own whole-image output, outside the content)."""
+    content, mask, style_a, style_b = world
+    plain_a = run(tiny_sd, content, style_a).images[0]
+    plain_b = run(tiny_sd, content, style_b).images[0]
+    recon = reconstruction(tiny_sd, content)
+    one = run(tiny_sd, content, StyleCondition(image=style_a, mask=mask), region_context=1.0).images[0]
+    np.testing.assert_allclose(one[mask], plain_a[mask], atol=1e-5)
+    np.testing.assert_allclose(one[~mask], recon[~mask], atol=1e-5)
+    left = np.zeros((64, 64), bool)
+    left[:, :32] = True
+    two = run(
+        tiny_sd,
+        content,
+        [StyleCondition(image=style_a, mask=left), StyleCondition(image=style_b, mask=~left)],
+        region_context=1.0,
+    )
+    np.testing.assert_allclose(two.images[0][:, :32], plain_a[:, :32], atol=1e-5)
+    np.testing.assert_allclose(two.images[0][:, 32:], plain_b[:, 32:], atol=1e-5)
+    latent = run(
+        tiny_sd, content, StyleCondition(image=style_a, mask=mask), region_context=1.0, output_type="latent"
+    ).images
+    assert latent.shape[0] == 1  # one latent per content (the latent merge)
