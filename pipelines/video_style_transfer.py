@@ -123,6 +123,7 @@ def video_regions(
     loaded_frames: int,
     frame_size: tuple[int, int],
     style_token_adapter: Any = None,
+    context: float = 0.0,
 ) -> RegionalStyle | None:
     """The video's ``RegionalStyle`` (each style in its mask's region, every frame a content row), or None
     when there is one style without a mask. Masks are checked before any model work: one mask (every frame)
@@ -130,7 +131,8 @@ def video_regions(
     ``frames`` when ``max_frames`` shortened the video), of the frames' aspect ratio (``frame_size`` =
     (width, height)). An empty mask warns (its style has no region). Several styles without masks blend
     by weight over the whole frame. A style without an image (``lora`` / ``embedding`` / ``text``) is a
-    ``RegionAdapters`` row (``style_token_adapter`` serves the token styles)."""
+    ``RegionAdapters`` row (``style_token_adapter`` serves the token styles); ``context`` is
+    ``RegionalStyle.context``."""
     if len(conditions) == 1 and conditions[0].mask is None:
         return None
     masks: list[Any] = []
@@ -157,6 +159,7 @@ def video_regions(
         [c.weight for c in conditions],
         references=[c.image is not None for c in conditions],
         adapters=RegionAdapters(conditions, style_token_adapter) if wants_adapters else None,
+        context=context,
     )
     regional.check_contents([frame_size] * frames)
     return regional
@@ -180,6 +183,7 @@ def window_regions(regional: RegionalStyle, start: int, end: int) -> RegionalSty
             latent_dilation=regional.latent_dilation,
             references=regional.references,
             adapters=regional.adapters,  # shared: windows run one after another
+            context=regional.context,
         )
 
 
@@ -251,6 +255,7 @@ class VideoStyleTransferPipeline(StyleInjectionPipeline):
         max_frames: int | None,
         output_path: str | Path | None,
         style_token_adapter: Any = None,
+        region_context: float = 0.0,
     ) -> tuple[Video, list[StyleCondition], list[PIL.Image.Image | None], RegionalStyle | None, int, int]:
         """Validate the video-specific arguments and load the video, the styles and their masks before any
         model work. Returns (video, style conditions, style images (None for a LoRA / token region), the
@@ -289,7 +294,9 @@ class VideoStyleTransferPipeline(StyleInjectionPipeline):
         loaded = len(clip)
         if max_frames is not None:
             clip = Video(clip.frames[: int(max_frames)], clip.fps)
-        regional = video_regions(conditions, len(clip), loaded, clip.size, style_token_adapter)
+        regional = video_regions(
+            conditions, len(clip), loaded, clip.size, style_token_adapter, region_context
+        )
         style_images = [
             None if c.image is None else load_image(c.image, f"style[{i}].image")
             for i, c in enumerate(conditions)
@@ -331,6 +338,7 @@ class VideoStyleTransferPipeline(StyleInjectionPipeline):
         cache: InversionCache | bool = True,
         conditioners: Sequence[Conditioner] = (),
         style_token_adapter: Any = None,
+        region_context: float = 0.0,
         attention_backend: str = "sdpa",
         callback_on_step_end: Callable[[Any, int, Any, dict[str, Any]], dict[str, Any]] | None = None,
         controlnet: Any = None,
@@ -378,6 +386,9 @@ class VideoStyleTransferPipeline(StyleInjectionPipeline):
             conditioners: extra conditioners, prepared per window.
             style_token_adapter: the ``StyleTokenAdapter`` (or its folder) for regions given as ``embedding`` /
                 ``text``; None = the bundled one (``stylekit.tokens.load_default_adapter``).
+            region_context: for masked styles, the fraction of the schedule each style runs on the whole
+                frame before it is confined to its region (``RegionalStyle.context``; 1 = merge the whole-frame
+                transfers in pixels, for small regions).
             callback_on_step_end: diffusers-style ``f(pipe, step, timestep, {"latents": ...})`` per window step.
             controlnet: an optional diffusers ``ControlNetModel`` fed the gray-tile control (each source frame
                 downsampled x8, upsampled back and made grayscale: layout and luminance kept, colour and
@@ -459,6 +470,7 @@ class VideoStyleTransferPipeline(StyleInjectionPipeline):
             max_frames,
             output_path,
             style_token_adapter,
+            region_context,
         )
         if regional is not None:
             if regional.adapters is not None and adapter is not None:

@@ -313,3 +313,15 @@ def test_anchored_injection_applies_the_region_token_masks():
     torch.testing.assert_close(restricted[inside], styled[inside])
     torch.testing.assert_close(restricted[~inside], plain[~inside])
     assert (styled - plain)[~inside].abs().max() > 1e-3  # the restriction changed something
+
+
+def test_region_context_one_in_a_windowed_video(video_pipe, adapter, style):
+    """``region_context=1`` in video: inside the masks each frame is the unmasked transfer's frame, outside the
+    frame's reconstruction (sliding windows and the motion adapter included)."""
+    video = moving_video(6)
+    masks = moving_squares(6)
+    settings = {"motion_adapter": adapter, "window_size": 4, "window_overlap": 2, "cache": False}
+    plain = run(video_pipe, video, style, **settings).frames
+    out = run(video_pipe, video, StyleCondition(image=style, mask=masks), region_context=1.0, **settings).frames
+    np.testing.assert_allclose(out[masks], plain[masks], atol=1e-5)
+    np.testing.assert_allclose(out[~masks], reconstructions(video_pipe, video)[~masks], atol=1e-5)
