@@ -4,19 +4,26 @@ In every LoRA layer (peft: ``lora_A`` = down ``(r, in)``, ``lora_B`` = up ``(out
 the down *columns* and of the up *rows* is frozen. On square ``to_q``/``to_k``/``to_v`` layers the frozen
 blocks are an orthogonal basis (as in the official code); elsewhere down is N(0, 1/r) and up is 0. The
 frozen values come from a generator seeded by ``(seed, module name)``, so a content run and a style run
-with the same seed share them exactly, which the make stage relies on. Frozen entries get zero gradient
-and are written back after every optimizer step (so weight decay cannot move them either).
+with the same seed share them exactly, which the make stage relies on.
+
+The frozen half is a real frozen tensor: :func:`split_frozen_halves` replaces each ``lora_A``/``lora_B``
+linear of the peft layer by a :class:`PartlyFrozenLinear`, whose only trainable parameter is the learnable
+half, a view into a full-size weight buffer (gradients and optimizer state are half-size; no per-step copy);
+the forward pass multiplies by the same full-size weight as before.
+:func:`merge_frozen_halves` puts plain full-size ``nn.Linear`` weights back (for saving in the diffusers
+format with peft's own state-dict functions).
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 ORTH_PROJECTIONS = (".to_q", ".to_k", ".to_v")
+FROZEN_DIM = {"lora_A": 1, "lora_B": 0}  # down: leading columns frozen; up: leading rows frozen
 
 
 def _module_seed(seed: int, name: str) -> int:
@@ -31,46 +38,116 @@ def lora_layers(unet: torch.nn.Module, adapter: str = "default") -> Iterator[tup
             yield name, module
 
 
-@dataclass
-class FrozenHalves:
-    """The frozen leading block of every B4M parameter: parameter -> (dim, size); ``values`` their values.
+def lora_linears(
+    unet: torch.nn.Module, adapter: str = "default"
+) -> Iterator[tuple[str, str, torch.nn.Linear]]:
+    """(module name, ``lora_A``/``lora_B``, the projection's ``nn.Linear``) for every LoRA layer."""
+    for name, layer in lora_layers(unet, adapter):
+        for kind in FROZEN_DIM:
+            yield name, kind, getattr(layer, kind)[adapter]
 
-    Down ``(r, in)``: columns ``[:size]`` (dim 1); up ``(out, r)``: rows ``[:size]`` (dim 0).
+
+class _JoinedWeight(torch.autograd.Function):
+    """Forward: the full-size weight buffer, whose trailing block *is* the learnable parameter (shared
+    storage, so no copy per step); backward: the trailing block of the gradient goes to that parameter."""
+
+    @staticmethod
+    def forward(ctx: Any, learnable: torch.Tensor, full: torch.Tensor, dim: int, size: int) -> torch.Tensor:
+        ctx.dim, ctx.size = dim, size
+        return full.view_as(full)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        return grad.narrow(ctx.dim, ctx.size, grad.shape[ctx.dim] - ctx.size), None, None, None
+
+
+class PartlyFrozenLinear(torch.nn.Module):
+    """A bias-free linear whose weight's leading ``size`` entries along ``dim`` are frozen.
+
+    ``full`` (a buffer) holds the whole weight; ``learnable``, the only parameter, is a view of its trailing
+    block (same storage: optimizer updates land in ``full`` in place), so gradients and optimizer state
+    cover only the learnable block while the forward pass multiplies by the same full-size tensor.
     """
 
-    blocks: dict[torch.nn.Parameter, tuple[int, int]]
-    values: dict[torch.nn.Parameter, torch.Tensor]
+    def __init__(self, weight: torch.Tensor, dim: int, size: int) -> None:
+        super().__init__()
+        self.dim, self.size = dim, size
+        self.register_buffer("full", weight.detach())  # takes over the replaced linear's storage
+        self.learnable = torch.nn.Parameter(self.full.narrow(dim, size, weight.shape[dim] - size))
 
-    def frozen_count(self) -> int:
-        """Number of frozen entries."""
-        return sum(int(p.shape[1 - dim]) * size for p, (dim, size) in self.blocks.items())
+    @property
+    def frozen(self) -> torch.Tensor:
+        """The frozen leading block (a view of ``full``)."""
+        return self.full.narrow(self.dim, 0, self.size)
 
-    def snapshot(self) -> None:
-        """Take the current frozen values (after an init or a load)."""
-        self.values = {p: p.detach().narrow(dim, 0, size).clone() for p, (dim, size) in self.blocks.items()}
+    @property
+    def weight(self) -> torch.Tensor:
+        """The full-size weight (gradients flow to ``learnable`` only)."""
+        return _JoinedWeight.apply(self.learnable, self.full, self.dim, self.size)
 
-    def zero_grads(self) -> None:
-        """Zero the gradient of every frozen entry (call after backward, before clipping / stepping)."""
-        for param, (dim, size) in self.blocks.items():
-            if param.grad is not None:
-                param.grad.narrow(dim, 0, size).zero_()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.linear(x, self.weight)
 
-    @torch.no_grad()
-    def restore(self) -> None:
-        """Write the frozen values back (call after every optimizer step)."""
-        for param, (dim, size) in self.blocks.items():
-            param.data.narrow(dim, 0, size).copy_(self.values[param])
+
+def is_split(linear: torch.nn.Module) -> bool:
+    """Whether a LoRA projection is split into a frozen and a learnable block."""
+    return isinstance(linear, PartlyFrozenLinear)
+
+
+def learnable_parameter(linear: torch.nn.Module) -> torch.nn.Parameter:
+    """The trainable tensor of a LoRA projection: the learnable block when split, else the whole weight."""
+    return linear.learnable if isinstance(linear, PartlyFrozenLinear) else linear.weight  # type: ignore[return-value]
 
 
 @torch.no_grad()
-def init_partly_learnable(unet: torch.nn.Module, seed: int, adapter: str = "default") -> FrozenHalves:
-    """Initialise every LoRA layer of ``adapter`` for B4M and return its frozen halves.
+def set_full_weight(linear: torch.nn.Module, value: torch.Tensor) -> None:
+    """Write a full-size weight into a LoRA projection (both blocks when split)."""
+    target = linear.full if isinstance(linear, PartlyFrozenLinear) else linear.weight
+    target.copy_(value.to(target.dtype))  # type: ignore[union-attr]
+
+
+def split_frozen_halves(unet: torch.nn.Module, adapter: str = "default") -> int:
+    """Replace every LoRA projection of ``adapter`` by a :class:`PartlyFrozenLinear` (frozen leading half);
+    returns the number of frozen entries. Call after the final values are in place (init, make-stage load)
+    and before building the optimizer."""
+    frozen = 0
+    for name, layer in list(lora_layers(unet, adapter)):
+        for kind, dim in FROZEN_DIM.items():
+            linear = getattr(layer, kind)[adapter]
+            if not isinstance(linear, torch.nn.Linear) or linear.bias is not None:
+                raise ValueError(f"B4M: {name}.{kind} is not a bias-free linear LoRA projection")
+            split = PartlyFrozenLinear(linear.weight, dim, linear.weight.shape[dim] // 2)
+            getattr(layer, kind)[adapter] = split
+            frozen += split.frozen.numel()
+    if not frozen:
+        raise ValueError(f"B4M: the UNet carries no LoRA layers of adapter {adapter!r}")
+    return frozen
+
+
+@torch.no_grad()
+def merge_frozen_halves(unet: torch.nn.Module, adapter: str = "default") -> None:
+    """Undo :func:`split_frozen_halves`: plain full-size peft ``nn.Linear`` weights with the current values."""
+    for _, layer in list(lora_layers(unet, adapter)):
+        for kind in FROZEN_DIM:
+            split = getattr(layer, kind)[adapter]
+            if isinstance(split, PartlyFrozenLinear):
+                weight = split.full
+                linear = torch.nn.utils.skip_init(
+                    torch.nn.Linear, weight.shape[1], weight.shape[0], bias=False
+                )
+                linear.weight = torch.nn.Parameter(weight.detach().clone(), requires_grad=True)
+                getattr(layer, kind)[adapter] = linear
+
+
+@torch.no_grad()
+def init_partly_learnable(unet: torch.nn.Module, seed: int, adapter: str = "default") -> None:
+    """Initialise every LoRA layer of ``adapter`` for B4M (values only; :func:`split_frozen_halves` freezes).
 
     Down ``(r, in)``: columns ``[:in // 2]`` frozen, ``[in // 2:]`` learnable (N(0, 1/r)). Up ``(out, r)``:
     rows ``[:out // 2]`` frozen, ``[out // 2:]`` learnable (0). Square q/k/v layers: the frozen blocks are
     disjoint row subsets of one orthogonal ``(2 * max(in, out), r)`` matrix.
     """
-    blocks: dict[torch.nn.Parameter, tuple[int, int]] = {}
+    found = False
     for name, layer in lora_layers(unet, adapter):
         down = layer.lora_A[adapter].weight
         up = layer.lora_B[adapter].weight
@@ -88,21 +165,17 @@ def init_partly_learnable(unet: torch.nn.Module, seed: int, adapter: str = "defa
             new_up[:h_out] = basis[order[h_in : h_in + h_out]]
         down.copy_(new_down.to(down.dtype))
         up.copy_(new_up.to(up.dtype))
-        blocks[down] = (1, h_in)
-        blocks[up] = (0, h_out)
-    if not blocks:
+        found = True
+    if not found:
         raise ValueError(f"B4M: the UNet carries no LoRA layers of adapter {adapter!r}")
-    frozen = FrozenHalves(blocks, {})
-    frozen.snapshot()
-    return frozen
 
 
 def projection_groups(
     unet: torch.nn.Module, role: str, adapter: str = "default"
 ) -> tuple[list[torch.nn.Parameter], list[torch.nn.Parameter]]:
     """(primary, secondary) parameters of a break run: content trains mainly down, style mainly up."""
-    downs = [layer.lora_A[adapter].weight for _, layer in lora_layers(unet, adapter)]
-    ups = [layer.lora_B[adapter].weight for _, layer in lora_layers(unet, adapter)]
+    downs = [learnable_parameter(layer.lora_A[adapter]) for _, layer in lora_layers(unet, adapter)]
+    ups = [learnable_parameter(layer.lora_B[adapter]) for _, layer in lora_layers(unet, adapter)]
     if role == "content":
         return downs, ups
     if role == "style":

@@ -4,6 +4,11 @@ Every image is converted to 8-bit RGB (RGBA composited on white, grayscale / pal
 ``stylekit.images.load_image``), resized to cover ``resolution`` and centre-cropped, so folders of mixed
 modes and sizes train. A caption file ``name.txt`` beside ``name.png`` overrides the set's prompt.
 
+Optional aspect-ratio buckets (:func:`load_bucketed_sets`): a few sizes of about ``resolution**2`` pixels
+with sides multiples of a step; each instance image goes to the bucket nearest its aspect ratio, the
+other sets (class, aux) are fitted into every bucket in use, and each micro-batch comes from one bucket
+(:func:`pick_bucket`), so all its rows share one shape.
+
 Batches are a pure function of ``(seed, step, micro_step)``: which images, timesteps, noise and posterior
 samples a step uses never depend on earlier steps or on the number of processes (each process takes its
 rows of the global batch), so a resumed or multi-process run sees exactly the data of a single one.
@@ -11,12 +16,14 @@ rows of the global batch), so a resumed or multi-process run sees exactly the da
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from stylekit.images import InputImageError, fit_to_size, load_image, to_tensor
 
@@ -64,6 +71,32 @@ def list_images(folder: str | Path, argument: str) -> list[Path]:
     return files
 
 
+def read_images(folder: str | Path, prompt: str, argument: str) -> list[tuple[Image.Image, str, str]]:
+    """(RGB image, prompt, source path) for every image of ``folder``.
+
+    Raises:
+        ValueError: empty/missing folder, empty prompt, or an unreadable image (the message names the file).
+    """
+    if not prompt or not prompt.strip():
+        raise ValueError(f"{argument}: expected a non-empty prompt for {folder}")
+    found = []
+    for file in list_images(folder, argument):
+        try:
+            image = load_image(file, argument)
+        except InputImageError as error:
+            raise ValueError(f"{argument}: cannot read {file.name}: {error}") from error
+        caption = file.with_suffix(".txt")
+        found.append((image, caption.read_text().strip() if caption.is_file() else prompt, str(file)))
+    return found
+
+
+def _image_set(
+    items: Sequence[tuple[Image.Image, str, str]], width: int, height: int, name: str, weight: float
+) -> ImageSet:
+    pixels = torch.stack([to_tensor(fit_to_size(image, width, height)) for image, _, _ in items])
+    return ImageSet(name, pixels, [p for _, p, _ in items], weight, sources=[s for _, _, s in items])
+
+
 def load_image_set(
     folder: str | Path, prompt: str, resolution: int, name: str, argument: str, weight: float = 1.0
 ) -> ImageSet:
@@ -72,19 +105,65 @@ def load_image_set(
     Raises:
         ValueError: empty/missing folder, or an unreadable image (the message names the file).
     """
-    if not prompt or not prompt.strip():
-        raise ValueError(f"{argument}: expected a non-empty prompt for {folder}")
-    pixels, prompts, sources = [], [], []
-    for file in list_images(folder, argument):
-        try:
-            image = load_image(file, argument)
-        except InputImageError as error:
-            raise ValueError(f"{argument}: cannot read {file.name}: {error}") from error
-        pixels.append(to_tensor(fit_to_size(image, resolution, resolution)))
-        caption = file.with_suffix(".txt")
-        prompts.append(caption.read_text().strip() if caption.is_file() else prompt)
-        sources.append(str(file))
-    return ImageSet(name, torch.stack(pixels), prompts, weight, sources=sources)
+    return _image_set(read_images(folder, prompt, argument), resolution, resolution, name, weight)
+
+
+def bucket_sizes(resolution: int, step: int, max_ratio: float = 2.0) -> list[tuple[int, int]]:
+    """(width, height) buckets: sides multiples of ``step``, area at most ``resolution**2`` (the largest such
+    height for each width), aspect ratio within ``[1 / max_ratio, max_ratio]``; both orientations.
+
+    Raises:
+        ValueError: ``resolution`` smaller than ``step`` or ``max_ratio < 1``.
+    """
+    if resolution < step or step < 1:
+        raise ValueError(f"--aspect_buckets: --resolution {resolution} is below the bucket step {step}")
+    if max_ratio < 1:
+        raise ValueError(f"--bucket_max_ratio: expected >= 1, got {max_ratio}")
+    area, sizes = resolution * resolution, set()
+    for width in range(step, area // step + 1, step):
+        height = area // width // step * step
+        if height >= step and 1 / max_ratio <= width / height <= max_ratio:
+            sizes.update({(width, height), (height, width)})
+    return sorted(sizes)
+
+
+def nearest_bucket(width: int, height: int, sizes: Sequence[tuple[int, int]]) -> tuple[int, int]:
+    """The bucket whose aspect ratio is nearest (in log ratio) to ``width / height``; ties: larger area."""
+    ratio = math.log(width / height)
+    return min(sizes, key=lambda s: (abs(math.log(s[0] / s[1]) - ratio), -s[0] * s[1]))
+
+
+def load_bucketed_sets(
+    sources: Sequence[tuple[str | Path, str, str, str, float]], resolution: int, step: int, max_ratio: float
+) -> dict[tuple[int, int], list[ImageSet]]:
+    """Bucket -> the run's sets at that size (set order as ``sources``, the instance set first).
+
+    ``sources``: ``(folder, prompt, set name, argument, weight)`` per set. Instance images go to their
+    nearest bucket; every other set is fitted (cover-resize, centre crop) into every bucket in use.
+    """
+    sizes = bucket_sizes(resolution, step, max_ratio)
+    loaded = [read_images(folder, prompt, argument) for folder, prompt, _, argument, _ in sources]
+    groups: dict[tuple[int, int], list[tuple[Image.Image, str, str]]] = {}
+    for item in loaded[0]:
+        groups.setdefault(nearest_bucket(item[0].width, item[0].height, sizes), []).append(item)
+    buckets = {}
+    for size, items in sorted(groups.items()):
+        sets = [_image_set(items, *size, sources[0][2], sources[0][4])]
+        sets += [
+            _image_set(other, *size, src[2], src[4])
+            for other, src in zip(loaded[1:], sources[1:], strict=True)
+        ]
+        buckets[size] = sets
+    return buckets
+
+
+def pick_bucket(buckets: Sequence[Sequence[ImageSet]], seed: int, step: int, micro: int) -> int:
+    """Index of the bucket of micro-batch ``micro`` of step ``step``: drawn with weights = instance images per
+    bucket (every instance image equally likely), from its own generator (so ``draw_batch`` is unaffected)."""
+    if len(buckets) == 1:
+        return 0
+    counts = np.array([len(sets[0]) for sets in buckets], dtype=np.float64)
+    return int(np.random.default_rng([seed, step, micro, 1]).choice(len(buckets), p=counts / counts.sum()))
 
 
 @torch.no_grad()

@@ -51,7 +51,15 @@ from stylekit.lora import (
 )
 from stylekit.training.checkpoint import atomic_directory
 
-from .lora_data import ImageSet, PromptCache, cache_latents, draw_batch, load_image_set
+from .lora_data import (
+    ImageSet,
+    PromptCache,
+    cache_latents,
+    draw_batch,
+    load_bucketed_sets,
+    load_image_set,
+    pick_bucket,
+)
 
 METHODS = ("blora", "b4m", "dreambooth")
 SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
@@ -117,6 +125,13 @@ class TrainLoRAConfig:
     lora_dropout: float = _help("LoRA dropout", default=0.0)
     # optimisation
     resolution: int = _help("training resolution (images cover-resized and centre-cropped)", default=0)
+    aspect_buckets: bool = _help(
+        "group instance images into aspect-ratio buckets of about resolution**2 pixels (one bucket per batch)",
+        default=False,
+    )
+    bucket_max_ratio: float = _help(
+        "aspect_buckets: the most elongated bucket (long side / short)", default=2.0
+    )
     train_batch_size: int = _help("rows per set per process per micro-step", default=1)
     gradient_accumulation_steps: int = _help("micro-steps per optimizer step", default=1)
     learning_rate: float = _help("learning rate (primary projection for b4m)", default=1e-4)
@@ -184,6 +199,12 @@ class TrainLoRAConfig:
             value = getattr(self, name)
             if not math.isfinite(value) or value <= 0:
                 raise ValueError(f"--{name}: expected a positive number, got {value!r}")
+        if not (math.isfinite(self.bucket_max_ratio) and self.bucket_max_ratio >= 1):
+            raise ValueError(f"--bucket_max_ratio: expected a number >= 1, got {self.bucket_max_ratio!r}")
+        if self.aspect_buckets and self.style_loss_weight > 0:
+            raise ValueError(
+                "--aspect_buckets with --style_loss_weight > 0 is not supported; drop one of them"
+            )
         if self.style_loss_weight < 0 or self.style_loss_temperature <= 0:
             raise ValueError("--style_loss_weight: expected >= 0; --style_loss_temperature: expected > 0")
         if self.lora_alpha is not None and self.lora_alpha <= 0:
@@ -303,30 +324,36 @@ def resolve_roles(config: TrainLoRAConfig, unet: Any) -> Roles:
     return Roles({role: blocks})
 
 
-def load_sets(config: TrainLoRAConfig, resolution: int) -> list[ImageSet]:
-    """The instance set, then the class set (prior preservation), then the aux sets (validated)."""
-    sets = [
-        load_image_set(
-            config.instance_data_dir, config.instance_prompt, resolution, "instance", "--instance_data_dir"
-        )
-    ]
+def set_sources(config: TrainLoRAConfig) -> list[tuple[str, str, str, str, float]]:
+    """(folder, prompt, set name, flag, loss weight) of the instance, class and aux sets, in that order."""
+    sources = [(config.instance_data_dir, config.instance_prompt, "instance", "--instance_data_dir", 1.0)]
     if config.with_prior_preservation:
         assert config.class_data_dir and config.class_prompt
-        sets.append(
-            load_image_set(
+        sources.append(
+            (
                 config.class_data_dir,
                 config.class_prompt,
-                resolution,
                 "class",
                 "--class_data_dir",
                 config.prior_loss_weight,
             )
         )
     for i, (folder, prompt) in enumerate(zip(config.aux_data_dir, config.aux_prompt, strict=True)):
-        sets.append(
-            load_image_set(folder, prompt, resolution, f"aux{i}", "--aux_data_dir", config.aux_loss_weight)
-        )
-    return sets
+        sources.append((folder, prompt, f"aux{i}", "--aux_data_dir", config.aux_loss_weight))
+    return sources
+
+
+def bucket_step(pipe: Any) -> int:
+    """Bucket sides are multiples of this: the VAE factor times the UNet's downsampling (8 for SD/SDXL-like)."""
+    return int(pipe.vae_scale_factor) * 2 ** (len(pipe.unet.config.down_block_types) - 1)
+
+
+def load_sets(config: TrainLoRAConfig, resolution: int) -> list[ImageSet]:
+    """The instance set, then the class set (prior preservation), then the aux sets (validated)."""
+    return [
+        load_image_set(folder, prompt, resolution, name, flag, weight)
+        for folder, prompt, name, flag, weight in set_sources(config)
+    ]
 
 
 def prompt_encoder(pipe: Any, resolution: int) -> Any:
@@ -388,6 +415,23 @@ def resolve_resume(config: TrainLoRAConfig) -> Path | None:
 def lora_parameters(unet: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
     """Every LoRA parameter of the UNet by name (``...lora_A.default.weight``)."""
     return {n: p for n, p in unet.named_parameters() if ".lora_A." in n or ".lora_B." in n}
+
+
+def lora_weights(unet: torch.nn.Module, adapter: str = "default") -> dict[str, torch.Tensor]:
+    """Every full-size LoRA weight by parameter name (``...lora_A.default.weight``), B4M halves joined."""
+    from .lora_b4m import lora_linears
+
+    return {
+        f"{name}.{kind}.{adapter}.weight": linear.weight for name, kind, linear in lora_linears(unet, adapter)
+    }
+
+
+def set_lora_weights(unet: torch.nn.Module, state: dict[str, torch.Tensor], adapter: str = "default") -> None:
+    """Write full-size LoRA weights (names as :func:`lora_weights`) into the UNet (B4M: both halves)."""
+    from .lora_b4m import lora_linears, set_full_weight
+
+    for name, kind, linear in lora_linears(unet, adapter):
+        set_full_weight(linear, state[f"{name}.{kind}.{adapter}.weight"])
 
 
 def peft_state(unet: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -456,14 +500,22 @@ def run(config: TrainLoRAConfig) -> dict[str, Any]:
     resolution = config.resolution or int(unet.config.sample_size) * int(pipe.vae_scale_factor)
     roles = resolve_roles(config, unet)
     modules = sorted({m for blocks in roles.blocks.values() for m in target_modules(unet, blocks)})
-    sets = load_sets(config, resolution)
+    if config.aspect_buckets:
+        buckets = load_bucketed_sets(
+            set_sources(config), resolution, bucket_step(pipe), config.bucket_max_ratio
+        )
+    else:
+        buckets = {(resolution, resolution): load_sets(config, resolution)}
+    bucket_sets = list(buckets.values())
+    sets = bucket_sets[0]  # set names and weights (the same in every bucket)
 
     vae.to(accelerator.device)
-    for image_set in sets:
-        cache_latents(vae, image_set)
+    for group in bucket_sets:  # latents cached per bucket
+        for image_set in group:
+            cache_latents(vae, image_set)
     pipe.to(accelerator.device)
     prompts = PromptCache(prompt_encoder(pipe, resolution))
-    prompts.warm([p for s in sets for p in s.prompts])
+    prompts.warm([p for group in bucket_sets for s in group for p in s.prompts])
 
     # the LoRA (peft, one adapter "default" covering every role's blocks)
     lora_config = LoraConfig(
@@ -476,11 +528,17 @@ def run(config: TrainLoRAConfig) -> dict[str, Any]:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         unet.add_adapter(lora_config)
-    frozen = None
-    if config.method == "b4m":
-        from .lora_b4m import init_partly_learnable, make_fused_state, projection_groups
+    b4m = config.method == "b4m"
+    if b4m:
+        from .lora_b4m import (
+            init_partly_learnable,
+            make_fused_state,
+            merge_frozen_halves,
+            projection_groups,
+            split_frozen_halves,
+        )
 
-        frozen = init_partly_learnable(unet, config.seed)
+        init_partly_learnable(unet, config.seed)
         if config.b4m_stage == "make":
             assert config.content_lora and config.style_lora
             fused = make_fused_state(
@@ -496,10 +554,11 @@ def run(config: TrainLoRAConfig) -> dict[str, Any]:
             with torch.no_grad():
                 for name, value in loaded.items():
                     params[name].copy_(value)
-            frozen.snapshot()
     for param in lora_parameters(unet).values():
         param.requires_grad_(True)
         param.data = param.data.float()
+    # B4M: the frozen halves become buffers, the trainable parameters only the learnable halves
+    frozen_params = split_frozen_halves(unet) if b4m else 0
     if weight_dtype != torch.float32:
         for param in unet.parameters():
             if not param.requires_grad:
@@ -515,6 +574,7 @@ def run(config: TrainLoRAConfig) -> dict[str, Any]:
         ]
     else:
         groups = [{"params": list(lora_parameters(unet).values()), "lr": config.learning_rate}]
+    trainable_params = sum(p.numel() for g in groups for p in g["params"])
     if config.use_8bit_adam:
         import bitsandbytes as bnb
 
@@ -540,7 +600,7 @@ def run(config: TrainLoRAConfig) -> dict[str, Any]:
 
         for _ in range(len(weights)):
             weights.pop()
-        state = {n: p.detach().cpu().contiguous() for n, p in lora_parameters(unet).items()}
+        state = {n: w.detach().cpu().contiguous() for n, w in lora_weights(unet).items()}
         save_file(state, os.path.join(output_dir, "lora_state.safetensors"))
 
     def load_hook(models: list[Any], input_dir: str) -> None:
@@ -549,14 +609,11 @@ def run(config: TrainLoRAConfig) -> dict[str, Any]:
         for _ in range(len(models)):
             models.pop()
         state = load_file(os.path.join(input_dir, "lora_state.safetensors"))
-        params = lora_parameters(unet)
-        if set(state) != set(params):
+        if set(state) != set(lora_weights(unet)):
             raise ValueError(
                 f"--resume_from_checkpoint: {input_dir} was written by a run with other blocks/rank"
             )
-        with torch.no_grad():
-            for name, value in state.items():
-                params[name].copy_(value.to(params[name].dtype))
+        set_lora_weights(unet, state)
 
     accelerator.register_save_state_pre_hook(save_hook)
     accelerator.register_load_state_pre_hook(load_hook)
@@ -577,8 +634,6 @@ def run(config: TrainLoRAConfig) -> dict[str, Any]:
         state = json.loads((resume / "training_state.json").read_text())
         global_step = int(state["global_step"])
         history = list(state.get("history", []))
-        if frozen is not None:
-            frozen.snapshot()
         logger.info(f"resumed from {resume} at step {global_step}")
     if accelerator.is_main_process and config.report_to != "none":
         accelerator.init_trackers("train_lora", config={k: str(v) for k, v in asdict(config).items()})
@@ -607,7 +662,7 @@ def run(config: TrainLoRAConfig) -> dict[str, Any]:
         total = 0.0
         for micro in range(config.gradient_accumulation_steps):
             batch = draw_batch(
-                sets,
+                bucket_sets[pick_bucket(bucket_sets, config.seed, global_step, micro)],
                 rows,
                 config.seed,
                 global_step,
@@ -646,15 +701,11 @@ def run(config: TrainLoRAConfig) -> dict[str, Any]:
                 loss = loss / config.gradient_accumulation_steps
                 accelerator.backward(loss)
             total += float(loss.detach())
-        if frozen is not None:
-            frozen.zero_grads()
         if config.max_grad_norm > 0:
             accelerator.clip_grad_norm_([p for g in groups for p in g["params"]], config.max_grad_norm)
         optimizer.step()
         lr_scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        if frozen is not None:
-            frozen.restore()
         global_step += 1
         record = {
             "step": global_step,
@@ -683,8 +734,13 @@ def run(config: TrainLoRAConfig) -> dict[str, Any]:
             accelerator.wait_for_everyone()
     bar.close()
     elapsed = time.perf_counter() - start_time
+    optimizer_state = sum(
+        t.numel() for st in optimizer.state.values() for t in st.values() if torch.is_tensor(t) and t.dim()
+    )
 
     written: dict[str, str] = {}
+    if b4m:
+        merge_frozen_halves(unet)  # plain full-size peft weights again, for the diffusers-format files
     if accelerator.is_main_process:
         state = peft_state(accelerator.unwrap_model(model))
         for role, blocks in roles.blocks.items():
@@ -709,11 +765,13 @@ def run(config: TrainLoRAConfig) -> dict[str, Any]:
             "steps": global_step,
             "history": history,
             "steps_per_second": (global_step - start_step - 1) / max(elapsed, 1e-9),
-            "trainable_params": sum(p.numel() for p in lora_parameters(unet).values())
-            - (frozen.frozen_count() if frozen is not None else 0),
-            "frozen_params": frozen.frozen_count() if frozen is not None else 0,
+            "trainable_params": trainable_params,
+            "frozen_params": frozen_params,
+            "optimizer_state_numel": optimizer_state,
             "num_processes": accelerator.num_processes,
         }
+        if config.aspect_buckets:
+            summary["buckets"] = {f"{w}x{h}": len(group[0]) for (w, h), group in buckets.items()}
         write_json_atomic(out / "train_summary.json", summary)
     accelerator.wait_for_everyone()
     accelerator.end_training()

@@ -7,8 +7,11 @@ subprocess so that peak memory is its own: ``plain`` = the stock diffusers Dream
 on to_q/to_k/to_v/to_out.0 of every attention block, ``--method dreambooth``), ``blora`` (content + style
 blocks only), ``b4m`` (content break run: every attention block, half of each projection frozen).
 Reported per method: optimizer steps/s (after one warm-up step), peak memory (CUDA: ``max_memory_allocated``;
-CPU: the process's peak RSS, ``ru_maxrss``) and trainable parameters (B4M's frozen halves are counted apart,
-as ``frozen_params``: they sit in the same tensors but get zero gradient); ``speed_ratio`` = steps/s / plain's, ``peak_memory_ratio`` = peak / plain's.
+CPU: the process's peak RSS, ``ru_maxrss``), trainable parameters (B4M's frozen halves are counted apart, as
+``frozen_params``: they are buffers, with no gradient and no optimizer state) and the optimizer-state size
+(``optimizer_state_numel``: AdamW's exp_avg + exp_avg_sq entries); ``speed_ratio`` = steps/s / plain's,
+``peak_memory_ratio`` = peak / plain's. ``--repeats N`` runs the methods round-robin N times and reports the
+median of each figure (per-run steps/s in ``runs``): on a shared machine one run's ratios are mostly noise.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -41,7 +45,7 @@ if torch.cuda.is_available():
 summary = run(config)
 out = json.loads(open(config.output_dir + "/train_summary.json").read())
 peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-print("RESULT " + json.dumps({{"steps_per_second": out["steps_per_second"], "trainable_params": out["trainable_params"], "frozen_params": out["frozen_params"], "peak_bytes": peak}}))
+print("RESULT " + json.dumps({{"steps_per_second": out["steps_per_second"], "trainable_params": out["trainable_params"], "frozen_params": out["frozen_params"], "optimizer_state_numel": out.get("optimizer_state_numel"), "peak_bytes": peak}}))
 """
 
 
@@ -98,11 +102,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--size", type=int, default=64)
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="round-robin runs per method (median reported)"
+    )
     args = parser.parse_args(argv)
     start = time.perf_counter()
     root = Path(tempfile.mkdtemp(prefix="lora_speed_"))
     data = write_data(root / "data", 4, args.size, 0)
-    results = {m: measure(m, args, data, root) for m in METHODS}
+    runs: dict[str, list[dict[str, Any]]] = {m: [] for m in METHODS}
+    for repeat in range(args.repeats):
+        for method in METHODS:
+            runs[method].append(measure(method, args, data, root / f"r{repeat}"))
+    results = {
+        m: {**r[0], **{k: statistics.median(x[k] for x in r) for k in ("steps_per_second", "peak_bytes")}}
+        for m, r in runs.items()
+    }
     plain = results["plain"]
     report: dict[str, Any] = {
         "benchmark": "lora_speed",
@@ -118,12 +132,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "peak_memory_mb": round(r["peak_bytes"] / 2**20, 1),
             "trainable_params": r["trainable_params"],
             "frozen_params": r["frozen_params"],
+            "optimizer_state_numel": r["optimizer_state_numel"],
             "speed_ratio": round(r["steps_per_second"] / plain["steps_per_second"], 3),
             "peak_memory_ratio": round(r["peak_bytes"] / plain["peak_bytes"], 3),
         }
     report["speed_ratio"] = {m: report[m]["speed_ratio"] for m in ("blora", "b4m")}
     report["peak_memory_ratio"] = {m: report[m]["peak_memory_ratio"] for m in ("blora", "b4m")}
     report["trainable_params"] = {m: report[m]["trainable_params"] for m in METHODS}
+    if args.repeats > 1:
+        report["repeats"] = args.repeats
+        report["runs"] = {m: [round(x["steps_per_second"], 3) for x in r] for m, r in runs.items()}
     report["seconds"] = round(time.perf_counter() - start, 1)
     print(json.dumps(report))
     return report
