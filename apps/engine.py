@@ -259,20 +259,24 @@ class Engine:
         regions: Sequence[tuple[Any, Any]],
         request: TransferRequest,
         feather: int = 0,
+        context: float = 0.0,
     ) -> TransferResult:
         """Style each region of ``content`` with its own style; outside every region the content is kept.
 
-        With ``stylekit.regions.RegionalStyle`` (masked ``StyleCondition``s) all regions are styled in one
-        pipeline call, each style attending within its region and overlaps blended. Without it, each
-        (mask, style) runs as StyleID + ``RegionMask`` and the outputs are composited in order.
+        All regions are styled in one pipeline call with masked ``StyleCondition``s
+        (``stylekit.regions.RegionalStyle``: each style attends within its region, overlaps blend).
 
         Args:
             content: an image.
             regions: 1..``MAX_REGIONS`` pairs (mask, style image); a mask is any image/array at any size
                 (fitted like the content), white (>= 0.5) = styled.
             feather: inward edge softening in output pixels (>= 0).
+            context: ``region_context`` in [0, 1] (1 = each style's whole-image transfer merged in pixels:
+                the setting for small regions).
         """
+        from stylekit.conditioning import StyleCondition
         from stylekit.images import load_image
+        from stylekit.regions import MaskSpec
 
         content_image = load_image(_required(content, "content"), "content")
         regions = [(m, s) for m, s in regions if m is not None or s is not None]
@@ -280,6 +284,8 @@ class Engine:
             raise InputError(f"regions: expected 1 to {MAX_REGIONS} (mask, style) pairs, got {len(regions)}")
         if not _whole(feather) or int(feather) < 0:
             raise InputError(f"feather: expected an integer >= 0, got {feather!r}")
+        if isinstance(context, bool) or not isinstance(context, (int, float)) or not 0 <= context <= 1:
+            raise InputError(f"context: expected a number in [0, 1], got {context!r}")
         masks, style_images = [], []
         for i, (mask, style) in enumerate(regions):
             if mask is None:
@@ -293,7 +299,13 @@ class Engine:
         pipe, lock, size = self._pipeline(request, layers)
         kwargs = self._call_kwargs(request, layers, size)
         with lock:
-            image = _regional_call(pipe, content_image, masks, style_images, int(feather), size, kwargs)
+            conditions = [
+                StyleCondition(image=style, mask=MaskSpec(mask, feather=int(feather)))
+                for mask, style in zip(masks, style_images, strict=True)
+            ]
+            image = pipe(
+                content_image=content_image, style=conditions, region_context=float(context), **kwargs
+            ).images[0]
         return self._result([image], content_image, size, request, ["regions"], started)
 
     def _pipeline(self, request: TransferRequest, layers: Any) -> tuple[Any, threading.Lock, tuple[int, int]]:
@@ -530,42 +542,6 @@ class Engine:
 
     def __repr__(self) -> str:
         return f"Engine({json.dumps(self.describe())})"
-
-
-def _regional_call(
-    pipe: Any,
-    content: Image.Image,
-    masks: Sequence[np.ndarray],
-    styles: Sequence[Image.Image],
-    feather: int,
-    size: tuple[int, int],
-    kwargs: dict[str, Any],
-) -> Image.Image:
-    """One image with each style in its mask: the pipeline's masked ``StyleCondition``s when the library has
-    them (``stylekit.regions.RegionalStyle``), else one ``RegionMask`` call per region composited in order."""
-    import stylekit.regions as regions
-    from stylekit.conditioning import StyleCondition
-
-    if hasattr(regions, "RegionalStyle") and hasattr(regions, "MaskSpec"):
-        conditions = [
-            StyleCondition(image=style, mask=regions.MaskSpec(mask, feather=feather) if feather else mask)
-            for mask, style in zip(masks, styles, strict=True)
-        ]
-        return pipe(content_image=content, style=conditions, **kwargs).images[0]
-    latent_feather = round(feather / int(pipe.vae_scale_factor))
-    composite: np.ndarray | None = None
-    for mask, style in zip(masks, styles, strict=True):
-        output = pipe(
-            content_image=content,
-            style=style,
-            conditioners=[regions.RegionMask(mask, latent_feather)],
-            **kwargs,
-        )
-        styled = np.asarray(output.images[0], dtype=np.float32)
-        weight = regions.load_mask(mask, size[0], size[1]).numpy()[..., None]
-        composite = styled if composite is None else weight * styled + (1.0 - weight) * composite
-    assert composite is not None
-    return Image.fromarray(np.clip(np.round(composite), 0, 255).astype(np.uint8))
 
 
 def _required(value: Any, argument: str) -> Any:

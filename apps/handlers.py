@@ -103,6 +103,7 @@ class Handlers:
         mask_3: Any,
         style_3: str | None,
         feather: float,
+        context: float,
         model: str,
         gamma: float,
         temperature: float,
@@ -123,7 +124,9 @@ class Handlers:
             )
             pairs = [(mask_1, style_1), (mask_2, style_2), (mask_3, style_3)]
             progress(0, desc="loading model")
-            result = self.engine.regions(content, pairs, request, feather=_int(feather))
+            result = self.engine.regions(
+                content, pairs, request, feather=_int(feather), context=float(context)
+            )
             return self._outputs(result, ["regions"], request.model)
 
     def _outputs(

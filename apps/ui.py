@@ -255,6 +255,13 @@ def build_demo(
                             region_style = checked_image(label=f"Style {index}")
                             region_inputs += [mask, region_style]
                 feather = gr.Slider(0, 16, value=2, step=1, label="Feather (pixels, inward)")
+                context = gr.Slider(
+                    0,
+                    1,
+                    value=0,
+                    step=0.1,
+                    label="Whole-image context (1 = keep small regions' full style; 0 = blend with the content)",
+                )
                 region_settings = _settings(model_default, max_steps, with_seed=False)
                 region_run = gr.Button("Stylize regions", variant="primary")
                 with gr.Row():
@@ -279,7 +286,7 @@ def build_demo(
                 )
                 region_run.click(
                     handlers.regions,
-                    inputs=[region_content, *region_inputs, feather, *region_settings],
+                    inputs=[region_content, *region_inputs, feather, context, *region_settings],
                     outputs=[region_gallery, region_compare, region_files, region_status],
                     api_name="regions",
                     **heavy,

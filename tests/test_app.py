@@ -157,48 +157,30 @@ def test_regions_full_mask_is_plain_transfer_and_each_region_gets_its_style(hand
     content, style, style2 = str(files["content"]), str(files["style"]), str(files["style2"])
     plain = handlers.transfer(content, style, None, *settings())[2][0]
     plain2 = handlers.transfer(content, style2, None, *settings())[2][0]
-    full = handlers.regions(content, str(files["white"]), style, None, None, None, None, 0, *region_settings)
+    full = handlers.regions(
+        content, str(files["white"]), style, None, None, None, None, 0, 0, *region_settings
+    )
     assert np.abs(pixels(full[2][0]) - pixels(plain)).max() <= 1
     both = handlers.regions(
-        content, str(files["left"]), style, str(files["right"]), style2, None, None, 2, *region_settings
+        content, str(files["left"]), style, str(files["right"]), style2, None, None, 2, 0, *region_settings
     )
     result = pixels(both[2][0])
     assert result.shape == (SIZE, SIZE, 3) and "1 image(s)" in both[3]
     assert np.abs(result - pixels(plain)).mean() > 0.5 and np.abs(result - pixels(plain2)).mean() > 0.5
     with pytest.raises(gr.Error, match=r"regions\[0\].mask: the mask is empty"):
-        handlers.regions(content, str(files["black"]), style, None, None, None, None, 0, *region_settings)
+        handlers.regions(content, str(files["black"]), style, None, None, None, None, 0, 0, *region_settings)
     with pytest.raises(gr.Error, match=r"regions\[0\].style: expected a style image"):
-        handlers.regions(content, str(files["left"]), None, None, None, None, None, 0, *region_settings)
+        handlers.regions(content, str(files["left"]), None, None, None, None, None, 0, 0, *region_settings)
     with pytest.raises(gr.Error, match="feather: expected an integer >= 0"):
-        handlers.regions(content, str(files["left"]), style, None, None, None, None, -1, *region_settings)
-
-
-def test_regions_fallback_without_regional_style_composites_region_masks(
-    handlers, files, monkeypatch
-) -> None:
-    import stylekit.regions
-
-    monkeypatch.delattr(stylekit.regions, "RegionalStyle", raising=False)
-    region_settings = settings()
-    del region_settings[4]
-    content, style = str(files["content"]), str(files["style"])
-    plain = handlers.transfer(content, style, None, *settings())[2][0]
-    full = handlers.regions(content, str(files["white"]), style, None, None, None, None, 0, *region_settings)
-    assert np.abs(pixels(full[2][0]) - pixels(plain)).max() <= 1
-    left = handlers.regions(content, str(files["left"]), style, None, None, None, None, 0, *region_settings)
-    both = handlers.regions(
-        content,
-        str(files["left"]),
-        style,
-        str(files["right"]),
-        str(files["style2"]),
-        None,
-        None,
-        0,
-        *region_settings,
+        handlers.regions(content, str(files["left"]), style, None, None, None, None, -1, 0, *region_settings)
+    with pytest.raises(gr.Error, match=r"context: expected a number in \[0, 1\]"):
+        handlers.regions(content, str(files["left"]), style, None, None, None, None, 0, 1.5, *region_settings)
+    # context 1: each region is the whole-image transfer's pixels (within PNG rounding)
+    merged = handlers.regions(
+        content, str(files["left"]), style, None, None, None, None, 0, 1, *region_settings
     )
     half = SIZE // 2
-    assert np.abs(pixels(left[2][0])[:, :half] - pixels(both[2][0])[:, :half]).max() <= 1  # later region wins
+    assert np.abs(pixels(merged[2][0])[:, : half - 2] - pixels(plain)[:, : half - 2]).max() <= 1
 
 
 def test_similarity_and_nearest_styles(handlers, files, tmp_path: Path) -> None:
