@@ -20,7 +20,13 @@ from diffusers.utils import BaseOutput
 from stylekit.attention import AttentionInjection, InjectionSettings, Row, preset_of, resolve_layers
 from stylekit.attention.targeting import LayerSpec
 from stylekit.cache import STRATEGIES, InversionCache
-from stylekit.conditioning import Conditioner, ImageLike, StyleCondition, as_condition, attached
+from stylekit.conditioning import (
+    Conditioner,
+    ImageLike,
+    StyleCondition,
+    attached,
+    reference_conditions,
+)
 from stylekit.images import fit_to_size, load_image, round_to_factor, to_tensor
 from stylekit.regions import RegionalStyle
 
@@ -123,16 +129,7 @@ class StyleInjectionMixin:
         contents = _as_list(content_image)
         if not contents:
             raise ValueError("content_image: expected at least one image")
-        conditions = [as_condition(s) for s in _as_list(style)]
-        if not conditions:
-            raise ValueError("style: expected at least one style image or StyleCondition")
-        regional = any(c.mask is not None for c in conditions)
-        for index, condition in enumerate(conditions):
-            if condition.image is None and not regional:
-                raise ValueError(
-                    f"style[{index}]: StyleID needs StyleCondition.image (a reference image); a condition "
-                    "with a mask may instead carry lora=, embedding= or text= (a LoRA / style-token region)"
-                )
+        conditions = reference_conditions(style)
         content_images = [load_image(c, f"content_image[{i}]") for i, c in enumerate(contents)]
         style_images = [
             None if c.image is None else load_image(c.image, f"style[{i}].image")

@@ -49,7 +49,13 @@ from transformers import CLIPImageProcessor, CLIPTextModel, CLIPTokenizer, CLIPV
 from stylekit.attention import AttentionInjection, InjectionSettings, Row, preset_of, resolve_layers
 from stylekit.attention.targeting import LayerSpec
 from stylekit.cache import CacheKey, InversionCache
-from stylekit.conditioning import Conditioner, ImageLike, StyleCondition, as_condition, attached
+from stylekit.conditioning import (
+    Conditioner,
+    ImageLike,
+    StyleCondition,
+    attached,
+    reference_conditions,
+)
 from stylekit.images import fit_to_size, load_image, round_to_factor, to_tensor
 from stylekit.pipelines.style_injection import StyleInjectionPipeline
 from stylekit.regions import MASK_THRESHOLD, MaskSpec, RegionAdapters, RegionalStyle, frame_sources
@@ -280,16 +286,7 @@ class VideoStyleTransferPipeline(StyleInjectionPipeline):
             parent = Path(output_path).parent
             if not parent.exists():
                 raise VideoIOError(f"output_path: the folder {parent} does not exist")
-        conditions = [as_condition(s) for s in (style if isinstance(style, (list, tuple)) else [style])]
-        if not conditions:
-            raise ValueError("style: expected at least one style image or StyleCondition")
-        masked = any(c.mask is not None for c in conditions)
-        for index, condition in enumerate(conditions):
-            if condition.image is None and not masked:
-                raise ValueError(
-                    f"style[{index}]: video style transfer needs StyleCondition.image (a reference image); a "
-                    "condition with a mask may instead carry lora=, embedding= or text= (a LoRA / token region)"
-                )
+        conditions = reference_conditions(style, "video style transfer")
         clip = load_video(video, "video")
         loaded = len(clip)
         if max_frames is not None:

@@ -125,3 +125,20 @@ def as_condition(style: StyleCondition | ImageLike) -> StyleCondition:
     if isinstance(style, StyleCondition):
         return style
     return StyleCondition(image=style)
+
+
+def reference_conditions(style: Any, needs: str = "StyleID") -> list[StyleCondition]:
+    """One style or a list of them as ``StyleCondition``s for a reference-based pipeline (``needs`` names it
+    in errors): at least one; each with an ``image``, except that when any condition has a ``mask`` a
+    condition may instead carry ``lora`` / ``embedding`` / ``text`` (a LoRA / style-token region)."""
+    conditions = [as_condition(s) for s in (list(style) if isinstance(style, (list, tuple)) else [style])]
+    if not conditions:
+        raise ValueError("style: expected at least one style image or StyleCondition")
+    masked = any(c.mask is not None for c in conditions)
+    for index, condition in enumerate(conditions):
+        if condition.image is None and not masked:
+            raise ValueError(
+                f"style[{index}]: {needs} needs StyleCondition.image (a reference image); a condition with a "
+                "mask may instead carry lora=, embedding= or text= (a LoRA / style-token region)"
+            )
+    return conditions
