@@ -60,3 +60,16 @@ def test_saved_preset_loads_in_stock_diffusers_and_generates(preset, stock, tmp_
     assert image.shape == (1, 64, 64, 3) and np.isfinite(image).all()
     # and as a style-injection pipeline, by architecture
     assert type(load_pipeline(str(tmp_path))).__name__.startswith("StyleInjection")
+
+
+def test_a_folder_with_mixed_stored_dtypes_loads_in_one_dtype(tmp_path):
+    """A folder whose components are stored in different dtypes (the bundled mini keeps some in fp16)
+    loads with every component in the UNet's dtype when no dtype is asked for."""
+    pipe = load_pipeline("tiny-sd")
+    pipe.text_encoder.to(torch.float16)
+    pipe.save_pretrained(tmp_path / "mixed")
+    for kind in ("style-injection", "text-to-image"):
+        loaded = load_pipeline(str(tmp_path / "mixed"), kind=kind)
+        assert loaded.unet.dtype == loaded.text_encoder.dtype == loaded.vae.dtype == torch.float32
+    half = load_pipeline(str(tmp_path / "mixed"), dtype=torch.float16)
+    assert half.unet.dtype == half.text_encoder.dtype == torch.float16
