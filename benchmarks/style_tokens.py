@@ -1,7 +1,14 @@
 """Style tokens on ``mini``: text-to-image with a held-out style reference; prints one JSON line.
 
 Usage: ``python benchmarks/style_tokens.py [--model mini] [--adapter DIR] [--n 48] [--steps 20]
-[--guidance 4.0] [--style-guidance 4.0] [--scale 1.0] [--probe-steps 600] [--seed 0]``
+[--guidance 4.0] [--style-guidance 4.0] [--scale 1.0] [--probe-steps 600] [--seed 0]
+[--latent-stats-strength 0] [--latent-stats-steps 0.3]``
+
+``--latent-stats-strength`` > 0 adds latent-statistics guidance (``StyleTokens(latent_stats_strength=...,
+latent_stats_steps=...)``: AdaIN of the early steps' predicted clean latent toward the reference's VAE-latent
+channel statistics) to the ``with_adapter`` generations; ``without_adapter`` stays the plain model.
+``--reference-as embedding`` gives each reference as its extractor output instead of the image (the same
+style code; the latent statistics then come from the adapter's latent-statistics head).
 
 Each case: a held-out caption (test part of the ``content_style`` split) describing content C in style
 S_c, and a style reference rendered in a held-out style S_ref (test part of the ``style`` split: never seen
@@ -48,13 +55,23 @@ def generate(pipe: Any, captions: list[str], tokens: Any, args: argparse.Namespa
         generators = [torch.Generator().manual_seed(args.seed + start + i) for i in range(len(chunk))]
         chunk_tokens = None
         if tokens is not None:  # one reference per caption
+            references = tokens["references"][start : start + 16]
+            if args.reference_as == "embedding":  # the extractor's (1 + T, D) output: the head's statistics
+                g, local = tokens["extractor"].embed(references, return_tokens=True, progress=False)
+                styles = [
+                    StyleCondition(embedding=torch.cat([g[i : i + 1], local[i]])) for i in range(len(g))
+                ]
+            else:
+                styles = [StyleCondition(image=image) for image in references]
             chunk_tokens = StyleTokens(
                 tokens["adapter"],
-                [StyleCondition(image=image) for image in tokens["references"][start : start + 16]],
+                styles,
                 scale=args.scale,
                 style_guidance_scale=args.style_guidance,
                 extractor=tokens["extractor"],
                 per_row=True,
+                latent_stats_strength=args.latent_stats_strength,
+                latent_stats_steps=args.latent_stats_steps,
             )
         images = text_to_image(
             pipe,
@@ -82,6 +99,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--scale", type=float, default=1.0)
     parser.add_argument("--probe-steps", type=int, default=600)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--latent-stats-strength", type=float, default=0.0)
+    parser.add_argument("--latent-stats-steps", type=float, default=0.3)
+    parser.add_argument(
+        "--reference-as",
+        choices=("image", "embedding"),
+        default="image",
+        help="embedding: give each reference as its extractor embedding (latent statistics from the adapter's head)",
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--prompts", default="full,content", help="full captions and/or content-only prompts")
     parser.add_argument(
@@ -169,6 +194,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "scale": args.scale,
         "probe_steps": args.probe_steps,
         "adapter": args.adapter or "bundled",
+        "latent_stats_strength": args.latent_stats_strength,
+        "latent_stats_steps": args.latent_stats_steps,
+        "reference_as": args.reference_as,
     }
     report["seconds"] = {**seconds, "total": round(time.perf_counter() - start, 1)}
     print(json.dumps(report))

@@ -250,3 +250,116 @@ def test_training_resumes_like_an_uninterrupted_run(tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     fresh = StyleTokenAdapter.from_pretrained(tmp_path / "a" / "adapter")
     assert any(w.abs().max() > 0 for w in fresh.to_v_ip.parameters())  # it learned something
+
+
+# ------------------------------------------------------------------------------- latent-statistics guidance
+def test_latent_stats_math_adain_of_the_combined_prediction():
+    """The change makes the CFG-combined x̂₀ the strength-s AdaIN of the old one, for ε and v."""
+    from stylekit.tokens.latent_stats import guide_prediction, latent_channel_stats
+
+    torch.manual_seed(0)
+    x, u, t = (torch.randn(2, 4, 8, 8) for _ in range(3))
+    target = torch.cat([torch.randn(1, 4), torch.rand(1, 4) + 0.5], dim=1)
+    alpha_bar, g = 0.3, 4.0
+    a, b = alpha_bar**0.5, (1 - alpha_bar) ** 0.5
+    for kind, x0_of in (("epsilon", lambda p: (x - b * p) / a), ("v_prediction", lambda p: a * x - b * p)):
+        combined = u + g * (t - u)
+        delta, change = guide_prediction(x, combined, alpha_bar, target, 1.0, kind)
+        new = (u + change) + g * ((t + change) - (u + change))  # the same change to every chunk
+        torch.testing.assert_close(x0_of(new), x0_of(combined) + delta, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(
+            latent_channel_stats(x0_of(new)), target.expand(2, -1), atol=1e-3, rtol=1e-3
+        )
+        half, _ = guide_prediction(x, combined, alpha_bar, target, 0.5, kind)
+        torch.testing.assert_close(half, delta / 2)
+
+
+def test_latent_stats_strength_zero_is_bit_identical_and_positive_moves_the_statistics(
+    tiny_sd, extractor, style_image
+):
+    from stylekit.tokens.latent_stats import image_latent_stats, latent_channel_stats
+
+    adapter = make_adapter(tiny_sd, extractor)
+    condition = StyleCondition(image=style_image)
+    for guidance in (None, 2.0):  # two-pass and StyleMaster's three-pass guidance
+        today = run(
+            tiny_sd, StyleTokens(adapter, condition, style_guidance_scale=guidance, extractor=extractor)
+        )
+        off = StyleTokens(
+            adapter, condition, style_guidance_scale=guidance, extractor=extractor, latent_stats_strength=0.0,
+            latent_stats_steps=1.0,
+        )  # fmt: skip
+        assert np.array_equal(run(tiny_sd, off), today)
+    target = image_latent_stats(tiny_sd.vae, [style_image], 32)
+    base = run(tiny_sd, StyleTokens(adapter, condition, style_guidance_scale=2.0, extractor=extractor),
+               output_type="latent", num_inference_steps=4)  # fmt: skip
+    distances = []
+    for strength, steps in ((0.5, 0.5), (1.0, 1.0)):
+        tokens = StyleTokens(
+            adapter, condition, style_guidance_scale=2.0, extractor=extractor,
+            latent_stats_strength=strength, latent_stats_steps=steps,
+        )  # fmt: skip
+        latents = run(tiny_sd, tokens, output_type="latent", num_inference_steps=4)
+        distances.append(float((latent_channel_stats(latents) - target).abs().mean()))
+    before = float((latent_channel_stats(base) - target).abs().mean())
+    assert before > distances[0] > distances[1]
+    assert distances[1] < 0.1 * before  # the full-schedule, full-strength AdaIN of x̂₀ lands on the target
+
+
+def test_latent_stats_head_for_text_and_embedding_styles(tiny_sd, extractor, tmp_path):
+    from stylekit.tokens.latent_stats import LatentStatsHead, latent_channel_stats
+
+    d = extractor.embed_dim
+    headless = make_adapter(tiny_sd, extractor)
+    with pytest.raises(AdapterCompatibilityError, match="needs an adapter with a latent-statistics head"):
+        StyleTokens(headless, StyleCondition(embedding=torch.ones(d)), latent_stats_strength=0.5)
+    with pytest.raises(AdapterCompatibilityError, match="needs an adapter with a latent-statistics head"):
+        StyleTokens(headless, StyleCondition(text="dotted blue paper"), latent_stats_strength=0.5)
+    for bad in (dict(latent_stats_strength=1.5), dict(latent_stats_strength=0.5, latent_stats_steps=0.0)):
+        with pytest.raises(ValueError, match="latent_stats"):
+            StyleTokens(headless, StyleCondition(image=make_image(1)), **bad)
+    # Old adapter folders (no latent_stats_channels in config.json) still load; the head adds tensors only.
+    headless.save_pretrained(tmp_path / "old")
+    config = json.loads((tmp_path / "old" / "config.json").read_text())
+    del config["latent_stats_channels"]
+    (tmp_path / "old" / "config.json").write_text(json.dumps(config))
+    old = StyleTokenAdapter.from_pretrained(tmp_path / "old")
+    assert old.latent_stats_head is None
+    channels = tiny_sd.vae.config.latent_channels
+    head = LatentStatsHead(d, channels)
+    with torch.no_grad():
+        head.mean.copy_(torch.cat([torch.full((channels,), 2.0), torch.zeros(channels)]))  # means 2, stds 1
+        head.net[-1].weight.zero_()
+        head.net[-1].bias.zero_()
+    old.set_latent_stats_head(head)
+    old.save_pretrained(tmp_path / "new")
+    new = StyleTokenAdapter.from_pretrained(tmp_path / "new")
+    before, after = headless.state_dict(), new.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert set(after) - set(before) and all(
+        k.startswith("latent_stats_head.") for k in set(after) - set(before)
+    )
+    base = run(tiny_sd, StyleTokens(new, StyleCondition(embedding=torch.ones(d))), output_type="latent")
+    guided = run(
+        tiny_sd,
+        StyleTokens(
+            new, StyleCondition(embedding=torch.ones(d)), latent_stats_strength=1.0, latent_stats_steps=1.0
+        ),
+        output_type="latent",
+    )
+    assert latent_channel_stats(guided)[:, :channels].sub(2.0).abs().mean() < 0.1
+    assert latent_channel_stats(base)[:, :channels].sub(2.0).abs().mean() > 0.5
+    text = StyleTokens(new, StyleCondition(text="dotted blue paper"), latent_stats_strength=1.0)
+    assert np.isfinite(run(tiny_sd, text)).all()
+
+
+def test_latent_stats_in_a_styleid_call(tiny_sd, extractor, images):
+    """Style = the call's style image per row (VAE statistics of the call's style pixels)."""
+    call = dict(
+        content_image=images[0], style=images[1], num_inference_steps=2, height=32, width=32, output_type="np"
+    )
+    adapter = make_adapter(tiny_sd, extractor)
+    plain = tiny_sd(**call, conditioners=[StyleTokens(adapter, extractor=extractor)]).images
+    tokens = StyleTokens(adapter, extractor=extractor, latent_stats_strength=1.0, latent_stats_steps=1.0)
+    guided = tiny_sd(**call, conditioners=[tokens]).images
+    assert guided.shape == plain.shape and np.abs(guided - plain).max() > 1e-4

@@ -23,6 +23,7 @@ from .adapter import (
     cross_attention_layers,
 )
 from .conditioner import StyleTokens, text_to_image
+from .latent_stats import LatentStatsHead
 from .processor import StyleTokenProcessor, TokenState
 from .scales import SCALE_PRESETS, layer_scales
 
@@ -33,6 +34,7 @@ __all__ = [
     "SCALE_PRESETS",
     "AdapterCompatibilityError",
     "AdapterConfig",
+    "LatentStatsHead",
     "LayerShape",
     "StyleTokenAdapter",
     "StyleTokenProcessor",

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,8 @@ import torch
 from diffusers.models.embeddings import ImageProjection
 from safetensors.torch import load_file, save_file
 from torch import nn
+
+from stylekit.tokens.latent_stats import LatentStatsHead
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "adapter.safetensors"
@@ -59,6 +61,9 @@ class AdapterConfig:
         extractor_hash: ``StyleExtractor.config_hash()`` of the extractor it was trained with ("" = any).
         time_embed_dim: width of the UNet's timestep embedding for the optional global path (a zero-init
             linear map of the style code added to the timestep embedding); 0 = off.
+        latent_stats_channels: latent channels of the optional latent-statistics head (style code ->
+            per-channel latent means/stds, for latent-statistics guidance of text/embedding styles); 0 = none.
+            Configs written before it existed load with 0.
     """
 
     embed_dim: int
@@ -70,13 +75,16 @@ class AdapterConfig:
     text_hidden: int = 256
     extractor_hash: str = ""
     time_embed_dim: int = 0
+    latent_stats_channels: int = 0
 
     def __post_init__(self) -> None:
         for name in ("embed_dim", "cross_attention_dim", "num_global_tokens"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"AdapterConfig.{name}: expected >= 1, got {getattr(self, name)}")
-        if self.num_local_tokens < 0 or self.text_dim < 0:
-            raise ValueError("AdapterConfig: num_local_tokens and text_dim must be >= 0")
+        if self.num_local_tokens < 0 or self.text_dim < 0 or self.latent_stats_channels < 0:
+            raise ValueError(
+                "AdapterConfig: num_local_tokens, text_dim and latent_stats_channels must be >= 0"
+            )
         if not self.layers:
             raise ValueError("AdapterConfig.layers: expected at least one cross-attention layer")
 
@@ -150,6 +158,9 @@ class StyleTokenAdapter(nn.Module):
         if self.time_proj is not None:
             nn.init.zeros_(self.time_proj.weight)
             nn.init.zeros_(self.time_proj.bias)
+        self.latent_stats_head = (
+            LatentStatsHead(c.embed_dim, c.latent_stats_channels) if c.latent_stats_channels else None
+        )
         self.to_k_ip = nn.ModuleDict()
         self.to_v_ip = nn.ModuleDict()
         for layer in c.layers:
@@ -215,6 +226,26 @@ class StyleTokenAdapter(nn.Module):
         if self.time_proj is None:
             return None
         return self.time_proj(torch.cat([global_code, local_code], dim=-1))
+
+    def set_latent_stats_head(self, head: LatentStatsHead) -> None:
+        """Add (or replace) the latent-statistics head; the config records its channels."""
+        if head.net[0].in_features != 2 * self.config.embed_dim:
+            raise AdapterCompatibilityError(
+                f"latent-statistics head reads codes of shape (B, {head.net[0].in_features}) but the adapter's "
+                f"style codes are (B, {2 * self.config.embed_dim})"
+            )
+        self.config = replace(self.config, latent_stats_channels=head.channels)
+        param = next(self.parameters())
+        self.latent_stats_head = head.to(device=param.device, dtype=param.dtype)
+
+    def latent_stats(self, global_code: torch.Tensor, local_code: torch.Tensor) -> torch.Tensor:
+        """Style codes ``(B, D)`` + ``(B, D)`` -> predicted ``(B, 2C)`` latent means then stds."""
+        if self.latent_stats_head is None:
+            raise AdapterCompatibilityError(
+                "this adapter has no latent-statistics head (latent_stats_channels=0): latent-statistics "
+                "guidance needs an image style, or fit the head with `python -m stylekit.tokens.latent_stats`"
+            )
+        return self.latent_stats_head(torch.cat([global_code, local_code], dim=-1))
 
     def text_codes(self, pooled_text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Pooled text-encoder outputs ``(B, text_dim)`` -> ``(g (B, D) unit length, l (B, D))``."""

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from stylekit.conditioning import ConditionerBase, ImageLike, StyleCondition, as_condition
 from stylekit.tokens.adapter import AdapterCompatibilityError, StyleTokenAdapter
+from stylekit.tokens.latent_stats import guide_prediction, image_latent_stats
 from stylekit.tokens.processor import StyleTokenProcessor, TokenState, add_time_delta
 from stylekit.tokens.scales import ScaleSpec, layer_scales
 
@@ -53,6 +54,11 @@ class StyleTokens(ConditionerBase):
         time_scale: strength of the adapter's timestep-embedding path (a global path outside the blocks;
             only adapters trained with it have one). None: equal to ``scale`` when that is a number, else 0
             (per-block choices stay confined to their blocks).
+        latent_stats_strength: latent-statistics guidance (``stylekit.tokens.latent_stats``): AdaIN strength
+            in [0, 1] of each early step's predicted clean latent toward the style's per-channel latent
+            mean/std (an image style: its VAE latent; text/embedding: the adapter's latent-statistics head).
+            0 = off (the call is unchanged bit for bit).
+        latent_stats_steps: the fraction of the schedule (from its start) where that guidance acts.
     """
 
     def __init__(
@@ -64,6 +70,8 @@ class StyleTokens(ConditionerBase):
         extractor: Any | None = None,
         per_row: bool = False,
         time_scale: float | None = None,
+        latent_stats_strength: float = 0.0,
+        latent_stats_steps: float = 0.3,
     ) -> None:
         self.adapter = (
             adapter if isinstance(adapter, StyleTokenAdapter) else StyleTokenAdapter.from_pretrained(adapter)
@@ -88,6 +96,10 @@ class StyleTokens(ConditionerBase):
             )
         self.time_scale = float(time_scale)
         self.style_guidance_scale = style_guidance_scale
+        self.latent_stats_strength = float(latent_stats_strength)
+        self.latent_stats_steps = float(latent_stats_steps)
+        self._check_latent_stats()
+        self._stats_target: torch.Tensor | None = None
         self._extractor = extractor
         self.state = TokenState()
         self._codes: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -165,6 +177,11 @@ class StyleTokens(ConditionerBase):
         self.adapter.check_unet(pipe.unet)
         self.adapter.to(device=pipe.unet.device, dtype=pipe.unet.dtype)
         self._pipe = pipe
+        prediction_type = getattr(pipe.scheduler.config, "prediction_type", "epsilon")
+        if self.latent_stats_strength and prediction_type not in ("epsilon", "v_prediction"):
+            raise ValueError(
+                f"latent_stats_strength needs an epsilon or v_prediction scheduler, not {prediction_type!r}"
+            )
         self.state.scales = layer_scales(self.scale, [layer.name for layer in self.adapter.config.layers])
         self.state.time_scale = self.time_scale
         rows = call.get("rows")
@@ -177,6 +194,7 @@ class StyleTokens(ConditionerBase):
                 self._set_style(g, local)
             else:
                 self._set_mixed(None)
+            self._stats_target = self._condition_stats(pipe) if self.latent_stats_strength else None
             return
         styles, rows = call.get("styles"), call.get("rows")
         if styles is None or rows is None:
@@ -184,6 +202,8 @@ class StyleTokens(ConditionerBase):
         g, local = self.image_codes(((styles.float() + 1) / 2).clamp(0, 1))
         order = torch.tensor([row.style for row in rows])
         self._set_style(g[order], local[order])
+        if self.latent_stats_strength:
+            self._stats_target = image_latent_stats(pipe.vae, styles, 0)[order]
 
     def _set_style(self, g: torch.Tensor | None, local: torch.Tensor | None) -> None:
         """Codes ``(N, D)`` -> the processors' context tokens and timestep-embedding offset (None: off)."""
@@ -221,7 +241,12 @@ class StyleTokens(ConditionerBase):
         active = {name for name, s in self.state.scales.items() if s != 0.0}
         timed = self.state.time_scale != 0.0 and self.adapter.time_proj is not None
         if (not active and not timed) or self.state.context is None:
-            yield
+            handles = self._latent_stats_hooks(unet)
+            try:
+                yield
+            finally:
+                for handle in handles:
+                    handle.remove()
             return
         replaced = dict(saved)
         for name in active:
@@ -235,6 +260,7 @@ class StyleTokens(ConditionerBase):
         if self.style_guidance_scale is not None:
             handles.append(unet.register_forward_pre_hook(self._guidance_pre_hook, with_kwargs=True))
             handles.append(unet.register_forward_hook(self._guidance_post_hook, with_kwargs=True))
+        handles += self._latent_stats_hooks(unet)  # after the guidance hook: sees the three-pass result
         unet.set_attn_processor(replaced)
         try:
             yield
@@ -310,6 +336,98 @@ class StyleTokens(ConditionerBase):
         text_scale = float(self._pipe._guidance_scale) if self._cfg() and batch == 2 * count else 1.0
         guided = text + float(self.style_guidance_scale) / text_scale * (styled - text)
         eps = torch.cat([eps[:start], guided, eps[start + count : batch]])
+        if isinstance(output, tuple):
+            return (eps, *output[1:])
+        output.sample = eps
+        return output
+
+    # ------------------------------------------------------------------------------------ latent statistics
+    def _check_latent_stats(self) -> None:
+        strength, steps = self.latent_stats_strength, self.latent_stats_steps
+        if not 0.0 <= strength <= 1.0:
+            raise ValueError(f"latent_stats_strength: expected a number in [0, 1], got {strength}")
+        if not 0.0 < steps <= 1.0:
+            raise ValueError(
+                f"latent_stats_steps: expected a fraction of the schedule in (0, 1], got {steps}"
+            )
+        if not strength or self.adapter.latent_stats_head is not None:
+            return
+        for i, condition in enumerate(self.conditions or []):
+            if condition.image is None:
+                raise AdapterCompatibilityError(
+                    f"style[{i}]: latent-statistics guidance of a text or embedding style needs an adapter "
+                    "with a latent-statistics head, and this one has none (latent_stats_channels=0); give "
+                    "the style as an image, set latent_stats_strength=0, or fit the head with "
+                    "`python -m stylekit.tokens.latent_stats --adapter DIR`"
+                )
+
+    @torch.no_grad()
+    def _condition_stats(self, pipe: Any) -> torch.Tensor:
+        """Target latent statistics ``(1 or N, 2C)``: an image condition's VAE latent (the image part of an
+        image + text condition), else the adapter's head on the condition's code; mixed by ``weight``."""
+        assert self.conditions is not None
+        size = int(pipe.unet.config.sample_size) * int(getattr(pipe, "vae_scale_factor", 8))
+        param = next(self.adapter.parameters())
+        stats = []
+        for condition, (g, local) in zip(self.conditions, self._codes, strict=True):
+            if condition.image is not None:
+                stats.append(image_latent_stats(pipe.vae, [condition.image], size))
+            else:
+                stats.append(self.adapter.latent_stats(g.to(param), local.to(param)).float().cpu())
+        table = torch.cat(stats)
+        if self.per_row:
+            return table
+        weights = torch.tensor([float(c.weight) for c in self.conditions])
+        weights = weights / weights.sum() if weights.sum() > 0 else torch.full_like(weights, 1 / len(weights))
+        return (weights[:, None] * table).sum(0, keepdim=True)
+
+    def _latent_stats_hooks(self, unet: Any) -> list[Any]:
+        if not self.latent_stats_strength or self._stats_target is None:
+            return []
+        return [unet.register_forward_hook(self._latent_stats_post_hook, with_kwargs=True)]
+
+    def _schedule_position(self, timestep: Any) -> float:
+        """Where ``timestep`` lies in the schedule (0 = start), from ``on_step_begin`` or the scheduler."""
+        if self._position is not None:
+            return self._position
+        t = int(torch.as_tensor(timestep).reshape(-1)[0])
+        schedule = [int(x) for x in self._pipe.scheduler.timesteps]
+        if t in schedule:
+            return schedule.index(t) / len(schedule)
+        return 1.0 - t / int(self._pipe.scheduler.config.num_train_timesteps)
+
+    def _latent_stats_post_hook(self, module: Any, args: tuple, kwargs: dict, output: Any) -> Any:
+        """AdaIN the (guided) prediction's x̂₀ toward the target statistics; see ``latent_stats``."""
+        sample = args[0] if args else kwargs["sample"]
+        timestep = args[1] if len(args) > 1 else kwargs["timestep"]
+        if self._schedule_position(timestep) >= self.latent_stats_steps:
+            return output
+        eps = output[0] if isinstance(output, tuple) else output.sample
+        start, count = self._text_rows(eps.shape[0])
+        cfg = self._cfg() and start >= count
+        text = slice(start, start + count)
+        combined = eps[text]
+        if cfg:  # the pipeline's CFG: u + g (t - u)
+            uncond = eps[start - count : start]
+            combined = uncond + float(self._pipe._guidance_scale) * (combined - uncond)
+        scheduler = self._pipe.scheduler
+        t = int(torch.as_tensor(timestep).reshape(-1)[0])
+        target = self._stats_target
+        assert target is not None
+        if len(target) > 1:
+            target = target[torch.arange(count) % len(target)]
+        _, change = guide_prediction(
+            sample[text],
+            combined,
+            float(scheduler.alphas_cumprod[t]),
+            target.to(eps.device),
+            self.latent_stats_strength,
+            scheduler.config.prediction_type,
+        )
+        eps = eps.clone()
+        eps[text] += change.to(eps.dtype)
+        if cfg:  # the same change to every chunk: the combined prediction changes by exactly it
+            eps[start - count : start] += change.to(eps.dtype)
         if isinstance(output, tuple):
             return (eps, *output[1:])
         output.sample = eps
