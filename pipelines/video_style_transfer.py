@@ -15,6 +15,9 @@ Per window of frames (sliding, overlapping windows for videos longer than ``wind
 3. FreeNoise-like window fusion: frames shared with the previous window are blended, at every step,
    with that window's latents (weights falling linearly across the overlap), so windows join smoothly.
    Finished frames are decoded window by window (and streamed to ``output_path`` if given).
+4. Optional flow-guided temporal fusion (``temporal_fusion``, ``stylekit.video_flow.TemporalFusion``): each
+   decoded frame is blended, where the source video's own optical flow is reliable, with the previous
+   output frame warped along that flow; frames are fused in order, the previous one carried across windows.
 
 Regions: styles given with a ``mask`` (one mask, or one per frame) act only in their regions; each style
 runs as its own stream of frames and ``stylekit.regions.RegionalStyle`` (masks sliced per window) blends the
@@ -60,6 +63,7 @@ from stylekit.images import fit_to_size, load_image, round_to_factor, to_tensor
 from stylekit.pipelines.style_injection import StyleInjectionPipeline
 from stylekit.regions import MASK_THRESHOLD, MaskSpec, RegionAdapters, RegionalStyle, frame_sources
 from stylekit.video_attention import CrossFrameState, anchored_injection, cross_frame_processors
+from stylekit.video_flow import TemporalFusion, check_fusion
 from stylekit.video_io import Video, VideoIOError, VideoWriter, load_video
 from stylekit.video_models import MotionUNetCache, check_motion_adapter
 
@@ -341,6 +345,7 @@ class VideoStyleTransferPipeline(StyleInjectionPipeline):
         controlnet: Any = None,
         controlnet_conditioning_scale: float = 1.0,
         control_guidance_end: float = 0.7,
+        temporal_fusion: float = 0.0,
         generator: Any = None,
     ) -> VideoStyleTransferOutput | tuple:
         """Restyle ``video`` with ``style``.
@@ -392,6 +397,12 @@ class VideoStyleTransferPipeline(StyleInjectionPipeline):
                 texture left to the style; StyleMaster's v2v control) for the first ``control_guidance_end``
                 of the schedule, at ``controlnet_conditioning_scale``. No gray-tile checkpoint for SD
                 exists; train one (standard ControlNet training on gray-tile -> frame pairs).
+            temporal_fusion: flow-guided temporal fusion strength ``a`` in [0, 1] (0 = off): each output frame
+                ``t`` becomes ``(1 - a m_t) out_t + a m_t warp(out_{t-1})``, with the Farneback flow of the
+                *source* frames and ``m_t`` its forward-backward (and photometric) reliability mask
+                (``stylekit.video_flow.TemporalFusion``; needs OpenCV, the ``video`` extra). Frames are fused in
+                order across windows; with masked styles only inside the regions (the outside stays the
+                reconstruction). Not with ``output_type="latent"``.
             generator: accepted for API compatibility (the transfer is deterministic).
 
         Returns:
@@ -406,6 +417,9 @@ class VideoStyleTransferPipeline(StyleInjectionPipeline):
             raise ValueError(f"output_type: expected 'pil', 'np', 'pt' or 'latent', got {output_type!r}")
         if output_path is not None and output_type == "latent":
             raise ValueError("output_path: cannot write a video when output_type='latent'")
+        fusion = TemporalFusion(check_fusion(temporal_fusion)) if temporal_fusion != 0 else None
+        if fusion is not None and output_type == "latent":
+            raise ValueError("temporal_fusion: fuses decoded frames; not available with output_type='latent'")
         if isinstance(window_size, str):
             if window_size != "auto":
                 raise ValueError(f"window_size: expected an integer, None or 'auto', got {window_size!r}")
@@ -559,6 +573,10 @@ class VideoStyleTransferPipeline(StyleInjectionPipeline):
                     else:  # one row per frame; the composite covers the window, so decode it all
                         latents = window_regional.select(latents)
                         chunk = self.decode_to_output(latents, kind, window_regional.composite)[:keep]
+                    if fusion is not None:
+                        chunk = self._fuse(
+                            fusion, chunk, clip.frames[start : start + keep], window_regional, end - start
+                        )
                     if writer is not None:
                         writer.extend(np.round(np.clip(chunk, 0, 1) * 255).astype(np.uint8))
                     decoded.append(chunk)
@@ -594,6 +612,25 @@ class VideoStyleTransferPipeline(StyleInjectionPipeline):
             unet_evals=evals[0],
             path=Path(output_path) if output_path is not None else None,
         )
+
+    @staticmethod
+    def _fuse(
+        fusion: TemporalFusion,
+        chunk: np.ndarray,
+        frames: np.ndarray,
+        regional: RegionalStyle | None,
+        window_frames: int,
+    ) -> np.ndarray:
+        """Flow-guided fusion of a window's finished frames (float ``(N, H, W, 3)``; ``frames`` their source
+        frames), in order; with regions only inside their union (outside, the frames stay the reconstruction
+        exactly). ``window_frames``: the window's length (its masks' frame count)."""
+        height, width = chunk.shape[1:3]
+        sources = np.stack([np.asarray(fit_to_size(PIL.Image.fromarray(f), width, height)) for f in frames])
+        weights = None
+        if regional is not None:
+            union = regional.pixel_masks(window_frames, height, width).amax(0)[: len(chunk)]
+            weights = union.numpy()
+        return fusion(chunk, sources, weights)
 
     # ------------------------------------------------------------------------------------ one window
     def _run_window(

@@ -37,6 +37,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--window", type=int, default=16, help="frames per window (sliding, overlapping)")
     parser.add_argument("--overlap", type=int, default=4, help="frames shared by consecutive windows")
     parser.add_argument("--no-cross-frame", action="store_true", help="independent per-frame StyleID")
+    parser.add_argument(
+        "--temporal-fusion",
+        type=float,
+        default=0.0,
+        help="flow-guided temporal fusion strength in [0, 1] (0: off; needs OpenCV, the video extra)",
+    )
     parser.add_argument("--gamma", type=float, default=0.75, help="query preservation in [0, 1]")
     parser.add_argument("--temperature", type=float, default=1.5, help="attention temperature")
     parser.add_argument("--size", type=int, default=None, help="shorter output side (default: the model's)")
@@ -84,6 +90,9 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)  # on a busy shared CPU, 1 thread avoids oversubscription
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
+        from stylekit.video_flow import check_fusion
+
+        check_fusion(args.temporal_fusion)  # before the video and the model load
         video = read_video(args.input, max_frames=args.max_frames, argument="IN")
         if not Path(args.style).is_file():
             raise InputImageError(f"--style: file not found: {args.style}")
@@ -132,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
             width=width,
             output_path=args.output,
             output_type="np",
+            temporal_fusion=args.temporal_fusion,
         )
     except (VideoIOError, InputImageError, MotionAdapterMismatch, ValueError, FileNotFoundError) as error:
         print(f"stylekit video: error: {error}", file=sys.stderr)
