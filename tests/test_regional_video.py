@@ -322,6 +322,8 @@ def test_region_context_one_in_a_windowed_video(video_pipe, adapter, style):
     masks = moving_squares(6)
     settings = {"motion_adapter": adapter, "window_size": 4, "window_overlap": 2, "cache": False}
     plain = run(video_pipe, video, style, **settings).frames
-    out = run(video_pipe, video, StyleCondition(image=style, mask=masks), region_context=1.0, **settings).frames
+    out = run(
+        video_pipe, video, StyleCondition(image=style, mask=masks), region_context=1.0, **settings
+    ).frames
     np.testing.assert_allclose(out[masks], plain[masks], atol=1e-5)
     np.testing.assert_allclose(out[~masks], reconstructions(video_pipe, video)[~masks], atol=1e-5)
