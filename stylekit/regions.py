@@ -26,6 +26,7 @@ Conditioners:
 
 from __future__ import annotations
 
+import copy
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
@@ -233,8 +234,11 @@ def load_masks(
     """Frame-indexed masks: (n_frames, height, width) float in [0, 1].
 
     ``masks`` is one mask (used for every frame), a list of ``n_frames`` masks, or an (F, H, W)
-    array/tensor with ``F == n_frames``; anything else raises ValueError naming both counts.
+    array/tensor with ``F == n_frames``; anything else raises ValueError naming both counts. A ``MaskSpec``
+    brings its own ``threshold`` and ``feather`` (they replace the arguments).
     """
+    if isinstance(masks, MaskSpec):
+        masks, threshold, feather = masks.source, masks.threshold, masks.feather
     sources = frame_sources(masks, argument)
     if len(sources) == 1:
         return load_mask(sources[0], height, width, threshold, feather)[None].expand(n_frames, -1, -1).clone()
@@ -282,7 +286,7 @@ class RegionMask(ConditionerBase):
         height, width = int(start.shape[-2]), int(start.shape[-1])
         self._latent_mask = load_mask(self.mask_source, height, width, feather=self.feather).to(start.device)
         self._trajectories = [injection.content_trajectory(row.content) for row in injection.rows]
-        timesteps = [int(t) for t in injection.sampling_timesteps]
+        timesteps = [int(t) for t in injection.sampling_timesteps.tolist()]
         self._next_timestep = [*timesteps[1:], None]
 
     def on_step_end(self, step_index: int, timestep: int, latents: torch.Tensor) -> torch.Tensor:
@@ -380,6 +384,12 @@ class RegionAdapters:
                     "conditioners: a LoRAStyle cannot be combined with regional LoRAs "
                     "(StyleCondition(lora=..., mask=...)); give that LoRA its own region instead"
                 )
+            for index, path in self.loras.items():
+                if _is_dora(path):
+                    raise ValueError(
+                        f"style[{index}].lora: {path} is a DoRA adapter; regional LoRAs run one adapter per "
+                        "batch row (peft mixed batches), which peft does not support for DoRA"
+                    )
             try:
                 self._lora.prepare(pipe)  # reads and checks every file once
             except Exception:
@@ -560,6 +570,8 @@ class RegionalStyle(ConditionerBase):
         if isinstance(context, bool) or not isinstance(context, (int, float)) or not 0.0 <= context <= 1.0:
             raise ValueError(f"region context: expected a number in [0, 1], got {context!r}")
         self.context = float(context)
+        if self.context == 1.0 and not composite:
+            raise ValueError("region context 1 merges the styles in pixels: it needs composite=True")
         self._free_steps = 0
         self._free_masks: torch.Tensor | None = None
         self._pixel_blend: torch.Tensor | None = None  # context 1: (rows, 1, H, W) pixel weights
@@ -661,6 +673,16 @@ class RegionalStyle(ConditionerBase):
         if self.adapters is not None:
             self.adapters.check_pipeline(pipe, conditioners)
 
+    def for_frames(self, start: int, end: int) -> RegionalStyle:
+        """This conditioner for the frames ``start:end`` of a video (frame-indexed masks sliced, one-frame
+        masks kept; every setting and the ``adapters`` shared), not yet prepared."""
+        window = copy.copy(self)
+        window.sources = [
+            None if frames is None else (frames if len(frames) == 1 else frames[start:end])
+            for frames in self.sources
+        ]
+        return window
+
     def check_contents(self, sizes: Sequence[tuple[int, int]]) -> None:
         """Refuse masks that cannot belong to these content images ((width, height) each): a frame count
         other than 1 or the number of contents, or an aspect ratio off by more than ``ASPECT_TOLERANCE``."""
@@ -738,7 +760,7 @@ class RegionalStyle(ConditionerBase):
         self._free_masks = None if bool((free == 1).all()) else free
         self._injection = injection
         self._trajectories = [injection.content_trajectory(rows[g[0]].content) for g in self._groups]
-        timesteps = [int(t) for t in injection.sampling_timesteps]
+        timesteps = [int(t) for t in injection.sampling_timesteps.tolist()]
         self._next_timestep = [*timesteps[1:], None]
         active = torch.tensor([float(w > 0) for w in self.weights]).view(-1, 1, 1, 1)
         self._alpha = (pixels * active).sum(0).clamp(0, 1)[:, None]  # (contents, 1, H, W): regions' union
@@ -764,9 +786,9 @@ class RegionalStyle(ConditionerBase):
             content = start[group[0]] if content is None else content.to(start)
             blended[group] = self._mix(start, group, g, content)
         self._num_steps = len(timesteps)
-        self._free_steps = round(self.context * self._num_steps)
-        if self._free_steps >= self._num_steps and not self.composite_pixels:
-            raise ValueError("region context 1 merges the styles in pixels: it needs composite=True")
+        # Only context 1 skips latent blending altogether (pixel merge); below 1 at least the last step blends.
+        free = round(self.context * self._num_steps)
+        self._free_steps = free if self.context == 1.0 else min(free, self._num_steps - 1)
         injection.start_latents = blended if self._free_steps == 0 else start
         if self.adapters is not None:
             self.adapters.prepare(pipe, **{**call, "rows": rows})
@@ -852,6 +874,19 @@ class RegionalStyle(ConditionerBase):
     def pairs(self) -> list[tuple[int, int]]:
         """``(content_index, -1)`` per output: -1 = all styles, each in its region."""
         return [(g, -1) for g in range(len(self._groups))]
+
+
+def _is_dora(path: str | Path) -> bool:
+    """Whether a LoRA file (or adapter folder) holds DoRA magnitude vectors (diffusers or kohya keys)."""
+    from safetensors import safe_open
+
+    from stylekit.lora import lora_file
+
+    try:
+        with safe_open(str(lora_file(path)), "pt") as handle:
+            return any("lora_magnitude_vector" in key or "dora_scale" in key for key in handle.keys())
+    except Exception:  # unreadable: LoRAStyle.prepare names the problem
+        return False
 
 
 def _any(frame: np.ndarray | Polygon) -> bool:

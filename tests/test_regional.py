@@ -290,6 +290,14 @@ def test_region_context_runs_the_whole_image_first(tiny_sd, world):
     np.testing.assert_allclose(half_out[~mask], recon[~mask], atol=1e-5)
     with pytest.raises(ValueError, match="region context"):
         run(tiny_sd, content, StyleCondition(image=style, mask=mask), region_context=1.5)
+    # Below 1 the last step still blends (0.9 x 4 steps rounds to 4, yet only context 1 merges in pixels).
+    condition = StyleCondition(image=style, mask=mask)
+    nearly, _ = latents_per_step(style=condition, region_context=0.9)
+    merged, _ = latents_per_step(style=condition, region_context=1.0)
+    torch.testing.assert_close(nearly[1], merged[1], rtol=0, atol=0)  # whole-image steps 0-1
+    assert not torch.equal(nearly[2], merged[2])  # blended at the end of step 2 (the last 1 - 3/4)
+    with pytest.raises(ValueError, match="needs composite=True"):
+        RegionalStyle([mask], composite=False, context=1.0)
 
 
 def test_region_context_one_merges_whole_image_transfers_in_pixels(tiny_sd, world):

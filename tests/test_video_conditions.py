@@ -14,6 +14,7 @@ from conftest import make_image
 
 from stylekit import StyleCondition
 from stylekit.lora_style import LoRAStyle
+from stylekit.regions import MaskSpec
 from stylekit.tokens import AdapterCompatibilityError, StyleTokenAdapter, StyleTokens
 from stylekit.video_models import tiny_motion_adapter
 
@@ -270,6 +271,8 @@ def test_mask_restricts_injection(pipe, base):
     assert np.abs(half - full).max() > 1e-5 and np.abs(half - base).max() > 1e-5
     per_frame = generate(pipe, style=StyleCondition(image=image, mask=np.stack([left] * FRAMES)))
     np.testing.assert_array_equal(per_frame, half)  # one mask = the same mask on every frame
+    spec = generate(pipe, style=StyleCondition(image=image, mask=MaskSpec(left * 0.6, threshold=0.5)))
+    np.testing.assert_array_equal(spec, half)  # a MaskSpec brings its own threshold
 
 
 @pytest.mark.parametrize("kind", ["text", "lora"])
