@@ -32,7 +32,6 @@ error.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -61,7 +60,7 @@ from stylekit.conditioning import (
 )
 from stylekit.images import fit_to_size, load_image, round_to_factor, to_tensor
 from stylekit.pipelines.style_injection import StyleInjectionPipeline
-from stylekit.regions import MASK_THRESHOLD, MaskSpec, RegionAdapters, RegionalStyle, frame_sources
+from stylekit.regions import MaskSpec, RegionAdapters, RegionalStyle, frame_sources
 from stylekit.video_attention import CrossFrameState, anchored_injection, cross_frame_processors
 from stylekit.video_flow import TemporalFusion, check_fusion
 from stylekit.video_io import Video, VideoIOError, VideoWriter, load_video
@@ -173,28 +172,6 @@ def video_regions(
     )
     regional.check_contents([frame_size] * frames)
     return regional
-
-
-def window_regions(regional: RegionalStyle, start: int, end: int) -> RegionalStyle:
-    """``regional`` for the frames ``start:end`` of the video (frame-indexed masks sliced; one-frame masks
-    kept). A region empty in this window is normal (no warning: the video's masks were checked once)."""
-    masks = [
-        None if frames is None else MaskSpec(frames if len(frames) == 1 else frames[start:end], feather)
-        for frames, feather in zip(regional.sources, regional.feathers, strict=True)
-    ]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return RegionalStyle(
-            masks,
-            regional.weights,
-            threshold=MASK_THRESHOLD,
-            restrict_attention=regional.restrict_attention,
-            composite=regional.composite_pixels,
-            latent_dilation=regional.latent_dilation,
-            references=regional.references,
-            adapters=regional.adapters,  # shared: windows run one after another
-            context=regional.context,
-        )
 
 
 class _StyleOnlyCache:
@@ -538,7 +515,7 @@ class VideoStyleTransferPipeline(StyleInjectionPipeline):
                     next_start = windows[index + 1][0] if index + 1 < len(windows) else end
                     shared_before = 0 if index == 0 else windows[index - 1][1] - start
                     shared_after = end - next_start
-                    window_regional = window_regions(regional, start, end) if regional is not None else None
+                    window_regional = regional.for_frames(start, end) if regional is not None else None
                     latents, carry = self._run_window(
                         clip.frames[start:end],
                         style_pixels,
@@ -628,7 +605,9 @@ class VideoStyleTransferPipeline(StyleInjectionPipeline):
         sources = np.stack([np.asarray(fit_to_size(PIL.Image.fromarray(f), width, height)) for f in frames])
         weights = None
         if regional is not None:
-            union = regional.pixel_masks(window_frames, height, width).amax(0)[: len(chunk)]
+            active = torch.tensor([float(w > 0) for w in regional.weights]).view(-1, 1, 1, 1)
+            masks = regional.pixel_masks(window_frames, height, width) * active  # weight-0 styles: content
+            union = masks.amax(0)[: len(chunk)]
             weights = union.numpy()
         return fusion(chunk, sources, weights)
 

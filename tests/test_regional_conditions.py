@@ -11,7 +11,7 @@ import pytest
 import torch
 from conftest import make_image
 from PIL import Image
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from stylekit import StyleCondition
 from stylekit.attention.conditioner import encode_latents
@@ -244,6 +244,13 @@ def test_bad_input_is_refused_before_the_unet_runs(tiny_sd, loras, token_adapter
             run(tiny_sd, content, StyleCondition(lora=loras["wide"], mask=left))
         with pytest.raises(FileNotFoundError, match=r"style\[0\]\.lora"):
             run(tiny_sd, content, StyleCondition(lora=tmp_path / "missing", mask=left))
+        dora = tmp_path / "dora"
+        dora.mkdir()
+        state = load_file(str(Path(loras["a"]) / "pytorch_lora_weights.safetensors"))
+        key = next(iter(state)).rsplit(".lora", 1)[0] + ".lora_magnitude_vector"
+        save_file({**state, key: torch.ones(4)}, str(dora / "pytorch_lora_weights.safetensors"))
+        with pytest.raises(ValueError, match=r"style\[0\]\.lora: .*DoRA"):
+            run(tiny_sd, content, StyleCondition(lora=dora, mask=left))
         with pytest.raises(AdapterCompatibilityError, match=r"style\[0\]\.embedding has shape \(12,\)"):
             run(
                 tiny_sd,
