@@ -88,6 +88,15 @@ class PartlyFrozenLinear(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.linear(x, self.weight)
 
+    def _apply(self, fn: Any, recurse: bool = True) -> PartlyFrozenLinear:
+        # ``.to()`` / ``.double()`` replace ``full`` and ``learnable`` separately: make the parameter (same
+        # object, so an optimizer built later still holds it) a view of the moved buffer again.
+        super()._apply(fn, recurse)
+        block = self.full.narrow(self.dim, self.size, self.full.shape[self.dim] - self.size)
+        if self.learnable.data_ptr() != block.data_ptr():
+            self.learnable.data = block
+        return self
+
 
 def is_split(linear: torch.nn.Module) -> bool:
     """Whether a LoRA projection is split into a frozen and a learnable block."""

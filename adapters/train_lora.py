@@ -677,6 +677,14 @@ def run(config: TrainLoRAConfig) -> dict[str, Any]:
             timesteps = batch.timesteps.to(device)
             noisy = noise_scheduler.add_noise(latents, noise, timesteps)
             conditioning = prompts(batch.prompts, device, weight_dtype)
+            if config.aspect_buckets and "added_cond_kwargs" in conditioning:
+                # SDXL's size conditioning follows the batch's bucket (the cache holds the square one).
+                height, width = (int(n) * int(pipe.vae_scale_factor) for n in latents.shape[-2:])
+                time_ids = conditioning["added_cond_kwargs"]["time_ids"]
+                sizes = torch.tensor(
+                    [height, width, 0, 0, height, width], dtype=time_ids.dtype, device=device
+                )
+                conditioning["added_cond_kwargs"]["time_ids"] = sizes.expand_as(time_ids).clone()
             sync = micro == config.gradient_accumulation_steps - 1
             context = accelerator.no_sync(model) if not sync else _null()
             with context, accelerator.autocast():

@@ -245,3 +245,54 @@ def test_b4m_resume_reproduces_uninterrupted_run_exactly(tmp_path):
     full = load_file(str(tmp_path / "full" / "style" / "pytorch_lora_weights.safetensors"))
     cut = load_file(str(tmp_path / "cut" / "style" / "pytorch_lora_weights.safetensors"))
     assert full.keys() == cut.keys() and all(torch.equal(full[k], cut[k]) for k in full)
+
+
+def test_partly_frozen_linear_stays_linked_after_a_move():
+    """After ``.double()`` (or ``.to(device)``) the learnable block is still a view of the full weight, so
+    optimizer updates reach the forward pass; the frozen block is unchanged."""
+    layer = lora_b4m.PartlyFrozenLinear(torch.randn(4, 6), dim=1, size=3)
+    parameter = layer.learnable
+    layer.double()
+    assert layer.learnable is parameter and layer.full.dtype == torch.float64
+    frozen = layer.frozen.clone()
+    with torch.no_grad():
+        layer.learnable.add_(1.0)
+    torch.testing.assert_close(layer.full[:, 3:], layer.learnable)
+    torch.testing.assert_close(layer.frozen, frozen)
+    x = torch.randn(2, 6, dtype=torch.float64)
+    torch.testing.assert_close(layer(x), x @ layer.full.T)
+
+
+def test_sdxl_buckets_condition_on_the_bucket_size(tmp_path, monkeypatch):
+    """SDXL's size time ids follow each batch's bucket (height, width, 0, 0, height, width)."""
+    from diffusers import UNet2DConditionModel
+
+    data = write_aspect_images(tmp_path / "data")
+    seen: list[tuple[tuple[int, int], list[float]]] = []
+    forward = UNet2DConditionModel.forward
+
+    def spy(self, sample, *args, **kwargs):
+        ids = kwargs["added_cond_kwargs"]["time_ids"]
+        seen.append((tuple(sample.shape[-2:]), ids[0].tolist()))
+        return forward(self, sample, *args, **kwargs)
+
+    monkeypatch.setattr(UNet2DConditionModel, "forward", spy)
+    run(
+        TrainLoRAConfig(
+            method="dreambooth",
+            pretrained_model_name_or_path="tiny-sdxl",
+            instance_data_dir=str(data),
+            instance_prompt="a [v]",
+            output_dir=str(tmp_path / "out"),
+            rank=2,
+            resolution=128,
+            aspect_buckets=True,
+            bucket_max_ratio=4.0,
+            max_train_steps=4,
+            checkpointing_steps=0,
+        )
+    )
+    shapes = {latent for latent, _ in seen}
+    assert len(shapes) == 2 and all(h != w for h, w in shapes)  # a landscape and a portrait bucket
+    for (h, w), ids in seen:
+        assert ids == [h * 8, w * 8, 0, 0, h * 8, w * 8]
