@@ -366,7 +366,7 @@ class StyleVideoPipeline(AnimateDiffPipeline):
             sample = args[0] if args else hook_kwargs["sample"]
             timestep = args[1] if len(args) > 1 else hook_kwargs["timestep"]
             t = int(torch.as_tensor(timestep).reshape(-1)[0])
-            schedule = [int(x) for x in self.scheduler.timesteps]
+            schedule = [int(x) for x in self.scheduler.timesteps.tolist()]
             if t in schedule:
                 for conditioner in active:
                     conditioner.on_step_begin(schedule.index(t), t, sample)

@@ -224,20 +224,15 @@ def _finish(pipe, dtype: torch.dtype | None, device: str | torch.device | None, 
     if kind == "style-injection" and not isinstance(pipe.scheduler, DDIMScheduler):
         # StyleID inverts and samples with deterministic DDIM (eta = 0).
         pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
-    if dtype is None:
-        # A folder may store components in different dtypes (the bundled mini keeps some in fp16 to stay
-        # small); a pipeline computes in one, the UNet's.
-        stored = {
-            module.dtype
-            for module in pipe.components.values()
-            if isinstance(module, torch.nn.Module) and hasattr(module, "dtype")
-        }
-        if len(stored) > 1:
-            dtype = pipe.unet.dtype
-            for module in pipe.components.values():
-                if isinstance(module, torch.nn.Module) and getattr(module, "dtype", dtype) != dtype:
-                    module.to(dtype=dtype)
-            dtype = None
+    if dtype is None and pipe.unet.dtype == torch.float32:
+        # A folder may store components in lower precision (the bundled mini keeps some in fp16 to stay
+        # small); with an fp32 UNet they compute in fp32 too. (An fp16 UNet's folder is left as stored.)
+        for module in pipe.components.values():
+            if (
+                isinstance(module, torch.nn.Module)
+                and getattr(module, "dtype", torch.float32) != torch.float32
+            ):
+                module.to(dtype=torch.float32)
     if dtype == pipe.unet.dtype:
         dtype = None  # casting to the dtype it already has only makes diffusers warn
     if dtype is not None or device is not None:

@@ -286,7 +286,7 @@ class StyleTokens(ConditionerBase):
         if position is None:  # not driven by on_step_begin: find the timestep in the scheduler's schedule
             timestep = args[1] if len(args) > 1 else kwargs["timestep"]
             t = int(torch.as_tensor(timestep).reshape(-1)[0])
-            schedule = [int(x) for x in self._pipe.scheduler.timesteps]
+            schedule = [int(x) for x in self._pipe.scheduler.timesteps.tolist()]
             position = schedule.index(t) / len(schedule) if t in schedule else 0.0
         self._set_mixed(position)
 
@@ -391,7 +391,7 @@ class StyleTokens(ConditionerBase):
         if self._position is not None:
             return self._position
         t = int(torch.as_tensor(timestep).reshape(-1)[0])
-        schedule = [int(x) for x in self._pipe.scheduler.timesteps]
+        schedule = [int(x) for x in self._pipe.scheduler.timesteps.tolist()]
         if t in schedule:
             return schedule.index(t) / len(schedule)
         return 1.0 - t / int(self._pipe.scheduler.config.num_train_timesteps)
