@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -57,3 +58,18 @@ def tiny_sd_v():
 @pytest.fixture
 def images():
     return [make_image(seed) for seed in range(4)]
+
+
+def write_wider_lora(source: Path, target: Path) -> Path:
+    """A copy of the LoRA folder ``source`` in ``target`` whose down projections take 3 more inputs: the same
+    module names, other widths (as a LoRA for another architecture would have)."""
+    from safetensors.torch import load_file, save_file
+
+    name = "pytorch_lora_weights.safetensors"
+    state = load_file(str(Path(source) / name))
+    Path(target).mkdir(parents=True, exist_ok=True)
+    save_file(
+        {k: torch.zeros(v.shape[0], v.shape[1] + 3) if ".down." in k else v for k, v in state.items()},
+        str(Path(target) / name),
+    )
+    return Path(target)

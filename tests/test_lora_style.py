@@ -8,12 +8,11 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from conftest import write_wider_lora
 
 from stylekit import StyleCondition
 from stylekit.adapters.train_lora import TrainLoRAConfig, run
 from stylekit.data import style_set
-from stylekit.lora import LORA_WEIGHT_NAME
 from stylekit.lora_style import LoRAStyle
 
 
@@ -151,13 +150,7 @@ def test_lora_for_another_architecture_is_refused(tiny_sdxl, tiny_sd, images, ad
     with pytest.raises(ValueError, match="another architecture"):
         lora.prepare(tiny_sdxl)
     # same module names, other widths
-    state = load_file(str(adapters / "style" / LORA_WEIGHT_NAME))
-    bad = tmp_path / "bad"
-    bad.mkdir()
-    save_file(
-        {k: torch.zeros(v.shape[0], v.shape[1] + 3) if ".down." in k else v for k, v in state.items()},
-        str(bad / LORA_WEIGHT_NAME),
-    )
+    bad = write_wider_lora(adapters / "style", tmp_path / "bad")
     with pytest.raises(ValueError, match="another architecture"):
         tiny_sd(
             content_image=images[0],

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_image
+from conftest import make_image, write_wider_lora
 
 from stylekit import StyleCondition
 from stylekit.lora_style import LoRAStyle
@@ -197,9 +197,6 @@ def test_restored_after_a_failing_call(pipe, tokens, lora):
 
 
 def test_bad_conditions_fail_before_any_unet_forward(pipe, parts, tiny_sdxl, lora, tmp_path):
-    from safetensors.torch import load_file, save_file
-
-    from stylekit.lora import LORA_WEIGHT_NAME
 
     calls = []
     handle = pipe.unet.register_forward_pre_hook(lambda *a: calls.append(1))
@@ -212,13 +209,7 @@ def test_bad_conditions_fail_before_any_unet_forward(pipe, parts, tiny_sdxl, lor
             generate(pipe, style=[image, StyleCondition(text="ink")])
         with pytest.raises(AdapterCompatibilityError):
             generate(pipe, conditioners=[StyleTokens(other, StyleCondition(embedding=torch.ones(EMBED)))])
-        state = load_file(str(lora / LORA_WEIGHT_NAME))
-        bad = tmp_path / "bad"
-        bad.mkdir()
-        save_file(
-            {k: torch.zeros(v.shape[0], v.shape[1] + 3) if ".down." in k else v for k, v in state.items()},
-            str(bad / LORA_WEIGHT_NAME),
-        )
+        bad = write_wider_lora(lora, tmp_path / "bad")
         with pytest.raises(ValueError, match="another architecture"):
             generate(pipe, style=StyleCondition(image=image, lora=bad))
         with pytest.raises(ValueError, match="another architecture"):
