@@ -436,14 +436,15 @@ class RegionAdapters:
             if self._tokens is not None:
                 stack.enter_context(self._tokens.attach(pipe))
                 stack.callback(self._restore_context)
-            handles = [pipe.unet.register_forward_pre_hook(self._before_unet, with_kwargs=True)]
+            handles: list[Any] = []
+            stack.callback(lambda: [handle.remove() for handle in handles])  # also if a registration fails
+            handles.append(pipe.unet.register_forward_pre_hook(self._before_unet, with_kwargs=True))
             if self._lora is not None:
-                handles += [
-                    module.register_forward_pre_hook(self._pass_adapter_names, with_kwargs=True)
-                    for module in pipe.unet.modules()
-                    if isinstance(module, LoraLayer)
-                ]
-            stack.callback(lambda: [handle.remove() for handle in handles])
+                for module in pipe.unet.modules():
+                    if isinstance(module, LoraLayer):
+                        handles.append(
+                            module.register_forward_pre_hook(self._pass_adapter_names, with_kwargs=True)
+                        )
             yield
 
     def _restore_context(self) -> None:
@@ -480,7 +481,8 @@ class RegionAdapters:
     def _pass_adapter_names(self, module: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
         """Forward pre-hook of a peft ``LoraLayer``: run each row with its own adapter. A layer may see a
         sub-batch: the style-token rows only (``StyleTokenProcessor`` projects the selected rows' queries),
-        or ``rows x frames`` rows (video UNets flatten frames into the batch, frame fastest)."""
+        or, without style tokens, ``rows x frames`` rows (video UNets flatten frames into the batch, frame
+        fastest); anything else is refused rather than guessed."""
         x = args[0] if args else kwargs["x"]
         names, rows = self._names, int(x.shape[0])
         if rows != len(names):
@@ -488,7 +490,7 @@ class RegionAdapters:
             token_rows = [] if state is None or state.row_weights is None else state.row_weights.nonzero()
             if len(token_rows) == rows:
                 names = [names[int(i)] for i in token_rows]
-            elif names and rows % len(names) == 0:
+            elif state is None and names and rows % len(names) == 0:  # (with tokens it would be ambiguous)
                 names = [name for name in names for _ in range(rows // len(names))]
             else:
                 raise RuntimeError(f"regional LoRA: a layer got {rows} rows for {len(names)} batch rows")
