@@ -9,7 +9,8 @@
   started; occluded / uncovered pixels and pixels whose flow leaves the frame are not.
 - ``TemporalFusion``: blind temporal consistency (Bonneel et al. 2015; Rerender-A-Video's flow-guided fusion)
   of stylized frames streamed in order, ``out_t = (1 - a m_t) out_t + a m_t warp(out_{t-1})`` with ``m_t``
-  the reliability mask of the *source* video's flow from frame ``t`` to ``t - 1``. It keeps one source
+  the reliability mask of the *source* video's flow from frame ``t`` to ``t - 1`` (where the source frame
+  ``t - 1`` warped along it matches frame ``t``; optionally also forward-backward consistent). It keeps one source
   frame and one output frame between calls, so memory does not grow with the video.
 """
 
@@ -137,24 +138,36 @@ class TemporalFusion:
     Args:
         strength: ``a`` in [0, 1]; 0 returns the frames unchanged.
         upscale: ``estimate_flow``'s upscale.
-        photometric: also mark unreliable the pixels where the warped previous *source* frame differs from
-            the source frame by more than this (mean RGB in [0, 1]; None = no photometric check).
+        photometric: a pixel is reliable only where the previous *source* frame, warped along the flow,
+            matches the source frame within this (mean RGB in [0, 1]; None = no photometric check). It tests
+            the flow directly (occlusions and wrong vectors alike).
+        forward_backward: also require the forward-backward consistency check (``consistency_mask``; twice
+            the flow cost). Off by default: measured on the world clips, the photometric check alone is
+            better (warp error ratio 0.377 vs 0.431 at strength 0.8, same style) at half the cost.
     """
 
-    def __init__(self, strength: float, upscale: int = 2, photometric: float | None = 0.08) -> None:
+    def __init__(
+        self,
+        strength: float,
+        upscale: int = 2,
+        photometric: float | None = 0.08,
+        forward_backward: bool = False,
+    ) -> None:
         self.strength = check_fusion(strength)
         if self.strength > 0:
             _cv2()  # a missing extra fails here, before any model work
         self.upscale = upscale
         self.photometric = photometric
+        self.forward_backward = forward_backward
         self._source: np.ndarray | None = None  # the previous source frame (uint8 (H, W, 3))
         self._output: np.ndarray | None = None  # the previous fused output (float (H, W, 3))
 
     def reliability(self, previous: np.ndarray, current: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(backward flow current -> previous (H, W, 2), reliability mask (H, W) float) of two source frames."""
         backward = estimate_flow(current, previous, self.upscale)
-        forward = estimate_flow(previous, current, self.upscale)
-        mask = consistency_mask(forward, backward)
+        mask = np.ones(backward.shape[:2], dtype=bool)
+        if self.forward_backward:
+            mask &= consistency_mask(estimate_flow(previous, current, self.upscale), backward)
         if self.photometric is not None:
             warped = warp(np.asarray(previous, dtype=np.float32) / 255.0, backward)
             diff = np.abs(warped - np.asarray(current, dtype=np.float32) / 255.0).mean(-1)
