@@ -363,3 +363,30 @@ def test_latent_stats_in_a_styleid_call(tiny_sd, extractor, images):
     tokens = StyleTokens(adapter, extractor=extractor, latent_stats_strength=1.0, latent_stats_steps=1.0)
     guided = tiny_sd(**call, conditioners=[tokens]).images
     assert guided.shape == plain.shape and np.abs(guided - plain).max() > 1e-4
+
+
+def test_a_condition_repeated_per_row_is_embedded_once(tiny_sd, extractor, monkeypatch):
+    """``per_row`` with one condition object on many rows (regional video rows) embeds it once, with the same
+    result as distinct equal conditions."""
+    adapter = make_adapter(tiny_sd, extractor)
+    calls = []
+    original = StyleTokens.text_codes
+
+    def counted(self, pipe, texts):
+        calls.append(tuple(texts))
+        return original(self, pipe, texts)
+
+    monkeypatch.setattr(StyleTokens, "text_codes", counted)
+    shared = StyleCondition(text="dotted blue paper")
+    repeated = StyleTokens(adapter, [shared] * 4, per_row=True, extractor=extractor)
+    repeated.prepare(tiny_sd, batch_size=4, num_inference_steps=2)
+    assert calls == [("dotted blue paper",)]
+    distinct = StyleTokens(
+        adapter,
+        [StyleCondition(text="dotted blue paper") for _ in range(4)],
+        per_row=True,
+        extractor=extractor,
+    )
+    distinct.prepare(tiny_sd, batch_size=4, num_inference_steps=2)
+    assert len(calls) == 5
+    torch.testing.assert_close(repeated.state.context, distinct.state.context)

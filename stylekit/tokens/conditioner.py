@@ -188,7 +188,11 @@ class StyleTokens(ConditionerBase):
         self.state.n_rows = len(rows) if rows is not None else call.get("batch_size")
         self._num_steps = int(call.get("num_inference_steps") or 0)
         if self.conditions is not None:
-            self._codes = [self.condition_code(pipe, c) for c in self.conditions]
+            codes: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # a condition repeated per row: once
+            for condition in self.conditions:
+                if id(condition) not in codes:
+                    codes[id(condition)] = self.condition_code(pipe, condition)
+            self._codes = [codes[id(c)] for c in self.conditions]
             if self.per_row:
                 g, local = (torch.cat([code[i] for code in self._codes]) for i in (0, 1))
                 self._set_style(g, local)
@@ -369,11 +373,15 @@ class StyleTokens(ConditionerBase):
         size = int(pipe.unet.config.sample_size) * int(getattr(pipe, "vae_scale_factor", 8))
         param = next(self.adapter.parameters())
         stats = []
+        done: dict[int, torch.Tensor] = {}  # a condition repeated per row: once
         for condition, (g, local) in zip(self.conditions, self._codes, strict=True):
-            if condition.image is not None:
-                stats.append(image_latent_stats(pipe.vae, [condition.image], size))
-            else:
-                stats.append(self.adapter.latent_stats(g.to(param), local.to(param)).float().cpu())
+            if id(condition) not in done:
+                done[id(condition)] = (
+                    image_latent_stats(pipe.vae, [condition.image], size)
+                    if condition.image is not None
+                    else self.adapter.latent_stats(g.to(param), local.to(param)).float().cpu()
+                )
+            stats.append(done[id(condition)])
         table = torch.cat(stats)
         if self.per_row:
             return table
