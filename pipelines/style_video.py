@@ -51,9 +51,9 @@ from stylekit.inversion import ddim_invert
 from stylekit.lora_style import LoRAStyle
 from stylekit.models import model_fingerprint
 from stylekit.regions import load_masks
-from stylekit.tokens import StyleTokens
+from stylekit.tokens import StyleTokens, resolve_adapter
 from stylekit.tokens.scales import ScaleSpec
-from stylekit.video_conditions import StyleArgument, as_conditions, route_conditions, style_token_adapter
+from stylekit.video_conditions import StyleArgument, as_conditions, route_conditions
 from stylekit.video_models import check_motion_adapter, motion_unet, text_embedding_hook_last
 
 
@@ -250,15 +250,15 @@ class StyleVideoPipeline(AnimateDiffPipeline):
         self.__dict__["_style_tokens"] = adapter
 
     def _token_adapter(self, adapter: Any) -> Any:
-        """``style_token_adapter`` for this UNet (the bundled adapter is loaded once per pipeline)."""
+        """``stylekit.tokens.resolve_adapter`` for this UNet (the bundled adapter is loaded once per pipeline)."""
         adapter = self.style_tokens if adapter is None else adapter
         if adapter is not None:
-            return style_token_adapter(self.unet, adapter)
+            return resolve_adapter(adapter, self.unet)
         bundled = self.__dict__.get("_bundled_style_tokens")
         if bundled is None or bundled[0] is not self.unet:
             bundled = self.__dict__["_bundled_style_tokens"] = (
                 self.unet,
-                style_token_adapter(self.unet, None),
+                resolve_adapter(None, self.unet),
             )
         return bundled[1]
 

@@ -499,12 +499,9 @@ class RegionAdapters:
 
 def _token_adapter(adapter: Any, conditions: dict[int, StyleCondition]) -> Any:
     """The style-token adapter (given, a folder, or the bundled one), checked against the conditions."""
-    from stylekit.tokens import AdapterCompatibilityError, StyleTokenAdapter, load_default_adapter
+    from stylekit.tokens import AdapterCompatibilityError, resolve_adapter
 
-    if adapter is None:
-        adapter = load_default_adapter()
-    elif not isinstance(adapter, StyleTokenAdapter):
-        adapter = StyleTokenAdapter.from_pretrained(adapter)
+    adapter = resolve_adapter(adapter)
     for index, condition in conditions.items():
         if condition.embedding is not None:
             adapter.check_embedding(tuple(condition.embedding.shape), f"style[{index}].embedding")

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 from stylekit.conditioning import ImageLike, StyleCondition, as_condition
 
@@ -76,33 +74,3 @@ def route_conditions(conditions: Sequence[StyleCondition]) -> RoutedConditions:
                 StyleCondition(lora=condition.lora, weight=condition.weight, steps=condition.steps)
             )
     return routed
-
-
-def style_token_adapter(unet: Any, adapter: Any | None) -> Any:
-    """The style-token adapter for ``unet``: ``adapter`` (a ``StyleTokenAdapter`` or its folder) or, when
-    None, the bundled one (made for ``mini``), checked against the UNet.
-
-    Raises:
-        AdapterCompatibilityError: the adapter does not fit ``unet`` (the message says what to pass).
-    """
-    from stylekit.tokens import AdapterCompatibilityError, StyleTokenAdapter, load_default_adapter
-
-    if adapter is None:
-        bundled = load_default_adapter()
-        try:
-            bundled.check_unet(unet)
-        except AdapterCompatibilityError as error:
-            raise AdapterCompatibilityError(
-                "style: a text or embedding style needs a style-token adapter; the bundled one (made for "
-                f"mini) does not fit this UNet ({error}); pass style_tokens=<StyleTokenAdapter or folder> "
-                "trained for this model"
-            ) from None
-        return bundled
-    if isinstance(adapter, (str, Path)):
-        adapter = StyleTokenAdapter.from_pretrained(adapter)
-    if not isinstance(adapter, StyleTokenAdapter):
-        raise TypeError(
-            f"style_tokens: expected a StyleTokenAdapter or its folder, got {type(adapter).__name__}"
-        )
-    adapter.check_unet(unet)
-    return adapter

@@ -14,6 +14,7 @@ Quick start::
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from .adapter import (
     AdapterCompatibilityError,
@@ -43,6 +44,7 @@ __all__ = [
     "cross_attention_layers",
     "layer_scales",
     "load_default_adapter",
+    "resolve_adapter",
     "text_to_image",
 ]
 
@@ -55,3 +57,35 @@ def load_default_adapter() -> StyleTokenAdapter:
             "`accelerate launch -m stylekit.tokens.train --pretrained_model_name_or_path mini` (docs/style-tokens.md)"
         )
     return StyleTokenAdapter.from_pretrained(DEFAULT_ADAPTER_PATH)
+
+
+def resolve_adapter(
+    adapter: StyleTokenAdapter | str | Path | None = None, unet: Any = None
+) -> StyleTokenAdapter:
+    """``adapter`` (a ``StyleTokenAdapter`` or its folder) or, when None, the bundled one (made for ``mini``);
+    checked against ``unet`` when given.
+
+    Raises:
+        TypeError: ``adapter`` is neither an adapter nor a folder.
+        AdapterCompatibilityError: the adapter does not fit ``unet`` (for the bundled one, the message says
+            to pass an adapter trained for the model).
+    """
+    if adapter is None:
+        bundled = load_default_adapter()
+        if unet is not None:
+            try:
+                bundled.check_unet(unet)
+            except AdapterCompatibilityError as error:
+                raise AdapterCompatibilityError(
+                    "style: a text or embedding style needs a style-token adapter; the bundled one (made for "
+                    f"mini) does not fit this UNet ({error}); pass a StyleTokenAdapter (or its folder) "
+                    "trained for this model"
+                ) from None
+        return bundled
+    if isinstance(adapter, (str, Path)):
+        adapter = StyleTokenAdapter.from_pretrained(adapter)
+    if not isinstance(adapter, StyleTokenAdapter):
+        raise TypeError(f"expected a StyleTokenAdapter or its folder, got {type(adapter).__name__}")
+    if unet is not None:
+        adapter.check_unet(unet)
+    return adapter
