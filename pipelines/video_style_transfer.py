@@ -160,14 +160,11 @@ def video_regions(
                 "frames (give one mask for every frame, or one mask per frame)"
             )
         masks.append(MaskSpec(sources, spec.feather, spec.threshold))
-    wants_adapters = any(
-        c.lora is not None or c.embedding is not None or c.text is not None for c in conditions
-    )
     regional = RegionalStyle(
         masks,
         [c.weight for c in conditions],
         references=[c.image is not None for c in conditions],
-        adapters=RegionAdapters(conditions, style_token_adapter) if wants_adapters else None,
+        adapters=RegionAdapters.of(conditions, style_token_adapter),
         context=context,
     )
     regional.check_contents([frame_size] * frames)
@@ -462,12 +459,8 @@ class VideoStyleTransferPipeline(StyleInjectionPipeline):
         )
         if regional is not None:
             if regional.adapters is not None and adapter is not None:
-                adapted = [
-                    c.lora is not None or c.embedding is not None or c.text is not None for c in conditions
-                ]
-                index = adapted.index(True)
                 raise ValueError(
-                    f"style[{index}]: LoRA / style-token regions act on the image UNet; pass motion_adapter=None "
+                    f"style[{regional.adapters.styles[0]}]: LoRA / style-token regions act on the image UNet; pass motion_adapter=None "
                     "(or give this region a style image only)"
                 )
             official = bool(preset and preset.official_timing)

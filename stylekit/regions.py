@@ -363,6 +363,20 @@ class RegionAdapters:
         self._names: list[str] = []
         self.position = 0.0
 
+    @classmethod
+    def of(
+        cls, conditions: Sequence[StyleCondition], style_token_adapter: Any = None
+    ) -> RegionAdapters | None:
+        """The per-row adapters of ``conditions``, or None when none carries a LoRA or style tokens."""
+        if all(c.lora is None and c.embedding is None and c.text is None for c in conditions):
+            return None
+        return cls(conditions, style_token_adapter)
+
+    @property
+    def styles(self) -> list[int]:
+        """Indices of the styles given by a LoRA or style tokens."""
+        return sorted({*self.loras, *self.token_conditions})
+
     def check_pipeline(self, pipe: Any, conditioners: Sequence[Any] = ()) -> None:
         """Refuse, before any model work, what cannot run on ``pipe``: a LoRA file that cannot be read or
         was trained for another architecture, LoRAs already loaded in the UNet or a ``LoRAStyle`` among
@@ -643,14 +657,11 @@ class RegionalStyle(ConditionerBase):
         ``style_token_adapter`` serves the conditions with ``embedding`` / ``text`` (see ``RegionAdapters``)."""
         if all(c.mask is None for c in conditions):
             return None
-        wants_adapters = any(
-            c.lora is not None or c.embedding is not None or c.text is not None for c in conditions
-        )
         regional = cls(
             [c.mask for c in conditions],
             [c.weight for c in conditions],
             references=[c.image is not None for c in conditions],
-            adapters=RegionAdapters(conditions, style_token_adapter) if wants_adapters else None,
+            adapters=RegionAdapters.of(conditions, style_token_adapter),
             **kwargs,
         )
         if content_sizes:
