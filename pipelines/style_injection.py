@@ -141,8 +141,8 @@ class StyleInjectionMixin:
         self, latents: torch.Tensor, output_type: str, composite: Callable[..., torch.Tensor] | None = None
     ) -> Any:
         """Decode latents with the VAE (fp32 when the VAE asks for upcasting) and post-process.
-        ``composite(images, decode)``, if given, edits the decoded (B, 3, H, W) images in [-1, 1] first
-        (``decode`` maps latents to such images; used for the regional pixel composite)."""
+        ``composite(latents, decode)``, if given, makes the (B, 3, H, W) images in [-1, 1] itself (``decode``
+        maps latents to such images; used for the regional pixel composite, which may decode other latents)."""
         if output_type == "latent":
             return latents
         vae = self.vae
@@ -155,9 +155,7 @@ class StyleInjectionMixin:
             def decode(z: torch.Tensor) -> torch.Tensor:
                 return vae.decode(z.to(vae.dtype) / vae.config.scaling_factor + shift, return_dict=False)[0]
 
-            image = decode(latents)
-            if composite is not None:
-                image = composite(image, decode)
+            image = decode(latents) if composite is None else composite(latents, decode)
         finally:
             if upcast:
                 vae.to(torch.float16)

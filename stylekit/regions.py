@@ -858,27 +858,31 @@ class RegionalStyle(ConditionerBase):
             merged.append(self._mix(latents, group, g, content))  # type: ignore[arg-type]
         return torch.stack(merged)
 
-    def composite(self, images: torch.Tensor, decode: Any) -> torch.Tensor:
-        """Pixel composite of the decoded outputs (C, 3, H, W) in [-1, 1] with the content's
-        reconstruction ``decode(clean content latents)`` outside the regions (see ``composite``)."""
+    def composite(self, latents: torch.Tensor, decode: Any) -> torch.Tensor:
+        """The decoded outputs (C, 3, H, W) in [-1, 1] of ``select``'s ``latents``, pasted over the content's
+        reconstruction ``decode(clean content latents)`` outside the regions (see ``composite``); with
+        context 1, the kept rows decoded and merged in pixels instead (``latents`` is then not decoded)."""
         if self._pixel_merge and self._row_latents is not None:
             assert self._pixel_blend is not None
-            rows, self._row_latents = decode(self._row_latents.to(images.device)).to(images), None
-            clean = torch.stack([_content_latent(tr, None) for tr in self._trajectories])  # type: ignore[misc]
-            content = decode(clean.to(images.device)).to(images)
-            weights = self._pixel_blend.to(images)
+            rows, self._row_latents = decode(self._row_latents.to(latents.device)), None
+            content = self._reconstruction(decode, rows)
+            weights = self._pixel_blend.to(rows)
             return torch.stack(
                 [
                     (weights[group] * rows[group]).sum(0) + (1 - weights[group].sum(0)) * content[g]
                     for g, group in enumerate(self._groups)
                 ]
             )
+        images = decode(latents)
         if not self.composite_pixels or self._alpha is None or bool((self._alpha == 1).all()):
             return images
-        clean = torch.stack([_content_latent(tr, None) for tr in self._trajectories])  # type: ignore[misc]
-        content = decode(clean.to(images.device)).to(images)
         alpha = self._alpha.to(images)
-        return alpha * images + (1 - alpha) * content
+        return alpha * images + (1 - alpha) * self._reconstruction(decode, images)
+
+    def _reconstruction(self, decode: Any, like: torch.Tensor) -> torch.Tensor:
+        """Each content's VAE reconstruction (its clean inverted latent, decoded), as ``like``."""
+        clean = torch.stack([_content_latent(tr, None) for tr in self._trajectories])  # type: ignore[misc]
+        return decode(clean.to(like.device)).to(like)
 
     @property
     def pairs(self) -> list[tuple[int, int]]:
