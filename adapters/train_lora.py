@@ -356,9 +356,10 @@ def load_sets(config: TrainLoRAConfig, resolution: int) -> list[ImageSet]:
     ]
 
 
-def prompt_encoder(pipe: Any, resolution: int) -> Any:
+def prompt_encoder(pipe: Any) -> Any:
     """``f(prompts) -> UNet conditioning kwargs`` (SD: ``encoder_hidden_states``; SDXL: plus
-    ``added_cond_kwargs`` with pooled embeddings and size/crop time ids)."""
+    ``added_cond_kwargs`` with the pooled embeddings; the size time ids depend on the batch:
+    ``size_time_ids``)."""
     device = pipe.unet.device
 
     @torch.no_grad()
@@ -367,22 +368,20 @@ def prompt_encoder(pipe: Any, resolution: int) -> Any:
             embeds, _, pooled, _ = pipe.encode_prompt(
                 prompts, device=device, num_images_per_prompt=1, do_classifier_free_guidance=False
             )
-            dim = int(pipe.text_encoder_2.config.projection_dim)
-            ids = pipe._get_add_time_ids(
-                (resolution, resolution),
-                (0, 0),
-                (resolution, resolution),
-                dtype=embeds.dtype,
-                text_encoder_projection_dim=dim,
-            )
-            return {
-                "encoder_hidden_states": embeds,
-                "added_cond_kwargs": {"text_embeds": pooled, "time_ids": ids.repeat(len(prompts), 1)},
-            }
+            return {"encoder_hidden_states": embeds, "added_cond_kwargs": {"text_embeds": pooled}}
         embeds, _ = pipe.encode_prompt(prompts, device, 1, False)
         return {"encoder_hidden_states": embeds}
 
     return encode
+
+
+def size_time_ids(pipe: Any, height: int, width: int, dtype: torch.dtype) -> torch.Tensor:
+    """SDXL's (1, 6) size/crop time ids for ``height`` x ``width`` training images (original = target size,
+    no crop)."""
+    dim = int(pipe.text_encoder_2.config.projection_dim)
+    return pipe._get_add_time_ids(
+        (height, width), (0, 0), (height, width), dtype, text_encoder_projection_dim=dim
+    )
 
 
 def list_checkpoints(output_dir: Path) -> list[Path]:
@@ -514,7 +513,8 @@ def run(config: TrainLoRAConfig) -> dict[str, Any]:
         for image_set in group:
             cache_latents(vae, image_set)
     pipe.to(accelerator.device)
-    prompts = PromptCache(prompt_encoder(pipe, resolution))
+    prompts = PromptCache(prompt_encoder(pipe))
+    time_ids: dict[tuple[int, int], torch.Tensor] = {}  # SDXL size conditioning per bucket
     prompts.warm([p for group in bucket_sets for s in group for p in s.prompts])
 
     # the LoRA (peft, one adapter "default" covering every role's blocks)
@@ -677,14 +677,11 @@ def run(config: TrainLoRAConfig) -> dict[str, Any]:
             timesteps = batch.timesteps.to(device)
             noisy = noise_scheduler.add_noise(latents, noise, timesteps)
             conditioning = prompts(batch.prompts, device, weight_dtype)
-            if config.aspect_buckets and "added_cond_kwargs" in conditioning:
-                # SDXL's size conditioning follows the batch's bucket (the cache holds the square one).
-                height, width = (int(n) * int(pipe.vae_scale_factor) for n in latents.shape[-2:])
-                time_ids = conditioning["added_cond_kwargs"]["time_ids"]
-                sizes = torch.tensor(
-                    [height, width, 0, 0, height, width], dtype=time_ids.dtype, device=device
-                )
-                conditioning["added_cond_kwargs"]["time_ids"] = sizes.expand_as(time_ids).clone()
+            if "added_cond_kwargs" in conditioning:  # SDXL: the batch's (bucket's) image size
+                size = tuple(int(n) * int(pipe.vae_scale_factor) for n in latents.shape[-2:])
+                if size not in time_ids:
+                    time_ids[size] = size_time_ids(pipe, *size, weight_dtype).to(device)
+                conditioning["added_cond_kwargs"]["time_ids"] = time_ids[size].repeat(len(latents), 1)
             sync = micro == config.gradient_accumulation_steps - 1
             context = accelerator.no_sync(model) if not sync else _null()
             with context, accelerator.autocast():
