@@ -15,13 +15,14 @@ pipeline's own classifier-free guidance produces the formula above.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from stylekit.attention.injection import swapped_processors
 from stylekit.conditioning import ConditionerBase, ImageLike, StyleCondition, as_condition
 from stylekit.tokens.adapter import AdapterCompatibilityError, StyleTokenAdapter
 from stylekit.tokens.latent_stats import guide_prediction, image_latent_stats
@@ -241,40 +242,39 @@ class StyleTokens(ConditionerBase):
     def attach(self, pipe: Any) -> Iterator[None]:
         """Wrap the targeted cross-attention processors (and add the guidance hook); restore on exit."""
         unet = pipe.unet
-        saved = dict(unet.attn_processors)
-        active = {name for name, s in self.state.scales.items() if s != 0.0}
+        active = sorted(name for name, s in self.state.scales.items() if s != 0.0)
         timed = self.state.time_scale != 0.0 and self.adapter.time_proj is not None
-        if (not active and not timed) or self.state.context is None:
-            handles = self._latent_stats_hooks(unet)
-            try:
-                yield
-            finally:
-                for handle in handles:
-                    handle.remove()
-            return
-        replaced = dict(saved)
-        for name in active:
-            to_k, to_v = self.adapter.layer_projections(name)
-            replaced[name] = StyleTokenProcessor(name, saved[name], to_k, to_v, self.state)
-        handles = [unet.register_forward_pre_hook(self._step_hook, with_kwargs=True)]
-        if timed:
-            handles.append(
-                unet.time_embedding.register_forward_hook(lambda m, a, out: add_time_delta(self.state, out))
-            )
-        if self.style_guidance_scale is not None:
-            handles.append(unet.register_forward_pre_hook(self._guidance_pre_hook, with_kwargs=True))
-            handles.append(unet.register_forward_hook(self._guidance_post_hook, with_kwargs=True))
-        handles += self._latent_stats_hooks(unet)  # after the guidance hook: sees the three-pass result
-        unet.set_attn_processor(replaced)
-        try:
+        tokens = bool(active or timed) and self.state.context is not None
+        handles: list[Any] = []
+        with ExitStack() as stack:
+            stack.callback(lambda: [handle.remove() for handle in handles])  # also if a registration fails
+            if tokens:
+                stack.callback(self._end_call)
+                handles.append(unet.register_forward_pre_hook(self._step_hook, with_kwargs=True))
+                if timed:
+                    handles.append(
+                        unet.time_embedding.register_forward_hook(
+                            lambda m, a, out: add_time_delta(self.state, out)
+                        )
+                    )
+                if self.style_guidance_scale is not None:
+                    handles.append(unet.register_forward_pre_hook(self._guidance_pre_hook, with_kwargs=True))
+                    handles.append(unet.register_forward_hook(self._guidance_post_hook, with_kwargs=True))
+            handles += self._latent_stats_hooks(unet)  # after the guidance hook: sees the three-pass result
+            if tokens:
+
+                def wrap(name: str, previous: Any) -> StyleTokenProcessor:
+                    return StyleTokenProcessor(
+                        name, previous, *self.adapter.layer_projections(name), self.state
+                    )
+
+                stack.enter_context(swapped_processors(unet, wrap, active))
             yield
-        finally:
-            for handle in handles:
-                handle.remove()
-            unet.set_attn_processor(saved)
-            self.state.row_weights = None
-            self.state.frames = 1
-            self._position = None
+
+    def _end_call(self) -> None:
+        self.state.row_weights = None
+        self.state.frames = 1
+        self._position = None
 
     def on_step_begin(self, step_index: int, timestep: int, latents: torch.Tensor) -> None:
         self._position = step_index / max(self._num_steps, 1)
