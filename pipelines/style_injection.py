@@ -50,6 +50,18 @@ def _as_list(value: Any) -> list[Any]:
     return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
+def style_slots(
+    style_images: Sequence[PIL.Image.Image | None], fallback: PIL.Image.Image, width: int, height: int
+) -> torch.Tensor:
+    """The styles' pixels (S, 3, height, width) in [0, 1]. A region without a reference image (LoRA / style
+    tokens, ``None``) runs with the injection off; its slot borrows another style's image (inverted anyway),
+    else ``fallback`` (inverted once more, as a style)."""
+    placeholder = next((im for im in style_images if im is not None), fallback)
+    return torch.stack(
+        [to_tensor(fit_to_size(placeholder if im is None else im, width, height)) for im in style_images]
+    )
+
+
 class StyleInjectionMixin:
     """The StyleID call shared by the SD and SDXL pipelines."""
 
@@ -262,12 +274,7 @@ class StyleInjectionMixin:
         )
         rows = [Row(c, s, conditions[s].steps) for c in range(len(contents)) for s in range(len(conditions))]
         content_pixels = torch.stack([to_tensor(fit_to_size(im, width, height)) for im in contents])
-        # A region without a reference image (LoRA / style tokens) runs with the injection off; its slot
-        # borrows another style's image (inverted anyway), else the first content's (inverted once more, as a style).
-        placeholder = next((im for im in style_images if im is not None), contents[0])
-        style_pixels = torch.stack(
-            [to_tensor(fit_to_size(placeholder if im is None else im, width, height)) for im in style_images]
-        )
+        style_pixels = style_slots(style_images, contents[0], width, height)
 
         device = self._execution_device
         self.__dict__["_call_device"] = device  # _execution_device is slow to ask; fixed for the call

@@ -59,7 +59,7 @@ from stylekit.conditioning import (
     reference_conditions,
 )
 from stylekit.images import fit_to_size, load_image, round_to_factor, to_tensor
-from stylekit.pipelines.style_injection import StyleInjectionPipeline
+from stylekit.pipelines.style_injection import StyleInjectionPipeline, style_slots
 from stylekit.regions import MaskSpec, RegionAdapters, RegionalStyle, frame_sources
 from stylekit.video_attention import CrossFrameState, anchored_injection, cross_frame_processors
 from stylekit.video_flow import TemporalFusion, check_fusion
@@ -474,11 +474,7 @@ class VideoStyleTransferPipeline(StyleInjectionPipeline):
         ]
         if state is not None:
             state.keep_first = len(windows) > 1  # one window: nothing reads frame 0's stored K/V later
-        # A LoRA / token region's injection slot (injection off) borrows another style's image, else frame 0.
-        placeholder = next((im for im in style_images if im is not None), PIL.Image.fromarray(clip.frames[0]))
-        style_pixels = torch.stack(
-            [to_tensor(fit_to_size(placeholder if im is None else im, width, height)) for im in style_images]
-        )
+        style_pixels = style_slots(style_images, PIL.Image.fromarray(clip.frames[0]), width, height)
         inner_cache = self.inversion_cache if cache is True else (cache or InversionCache())
         style_cache = _StyleOnlyCache(inner_cache)  # type: ignore[arg-type]
 
