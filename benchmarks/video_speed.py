@@ -1,7 +1,7 @@
 """Speed and memory of video style transfer; prints one JSON line.
 
 Usage: ``python benchmarks/video_speed.py [--model tiny-sd] [--frames 8] [--steps 10] [--size 64]
-[--window 8] [--repeats 2] [--memory-size 128] [--threads 1]``
+[--window 8] [--repeats 2] [--memory-size 128] [--memory-runs 3] [--threads 1]``
 
 - ``fps_ratio``: frames/s of ``VideoStyleTransferPipeline`` (StyleID + cross-frame attention + a motion
   adapter, style inversion cached as in any repeated use) / frames/s of stock diffusers
@@ -20,7 +20,8 @@ Usage: ``python benchmarks/video_speed.py [--model tiny-sd] [--frames 8] [--step
   image UNet samples), against the same stock pipeline (which needs its motion adapter).
 - ``memory_ratio_4x_window``: peak resident-memory growth during a call on a video 4x the window length /
   the same on a video of one window (each in a fresh subprocess, RSS sampled every 2 ms; frames streamed
-  to a file, so what grows with the length is only the returned frames).
+  to a file, so what grows with the length is only the returned frames); the median of ``--memory-runs``
+  processes per length (single runs vary by about 20 MB), each run's figure in ``memory_runs_mb``.
 """
 
 from __future__ import annotations
@@ -114,6 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--memory-size", type=int, default=128)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--memory-runs", type=int, default=3, help="fresh processes per length (median counts)"
+    )
     parser.add_argument("--measure-memory", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -216,14 +220,18 @@ def main(argv: list[str] | None = None) -> int:
         "timing": f"warm calls, interleaved, best of {args.repeats} (wall and process CPU time)",
     }  # fmt: skip
 
-    def memory(frames: int) -> int:
+    def memory(frames: int) -> list[int]:
+        """Peak RSS growth of ``--memory-runs`` fresh processes (RSS growth varies by ~20 MB run to run)."""
         command = [sys.executable, __file__, "--model", args.model, "--window", str(args.window), "--steps", str(args.steps),
                    "--memory-size", str(args.memory_size), "--threads", str(args.threads), "--measure-memory", str(frames)]  # fmt: skip
-        result = subprocess.run(command, capture_output=True, text=True, check=True)
-        return int(result.stdout.strip().splitlines()[-1])
+        runs = [
+            subprocess.run(command, capture_output=True, text=True, check=True)
+            for _ in range(args.memory_runs)
+        ]
+        return [int(result.stdout.strip().splitlines()[-1]) for result in runs]
 
-    memory_1x = memory(args.window)
-    memory_4x = memory(4 * args.window)
+    runs_1x, runs_4x = memory(args.window), memory(4 * args.window)
+    memory_1x, memory_4x = float(np.median(runs_1x)), float(np.median(runs_4x))
     line = {
         "benchmark": "video_speed",
         "model": args.model,
@@ -246,6 +254,10 @@ def main(argv: list[str] | None = None) -> int:
         "memory_1x_window_mb": round(memory_1x / 2**20, 1),
         "memory_4x_window_mb": round(memory_4x / 2**20, 1),
         "memory_ratio_4x_window": round(memory_4x / max(memory_1x, 1), 3),
+        "memory_runs_mb": {
+            "1x": [round(m / 2**20, 1) for m in runs_1x],
+            "4x": [round(m / 2**20, 1) for m in runs_4x],
+        },
         "settings": settings,
     }
     print(json.dumps(line))
