@@ -5,7 +5,8 @@ architecture fails here, before any model work); ``attach`` loads the adapters w
 ``pipe.load_lora_weights(..., adapter_name=...)``, weights them with ``pipe.set_adapters`` (a number or
 the diffusers per-block dict, e.g. ``{"up": {"block_1": [0.0, 1.0]}}``) and optionally fuses them; on exit
 the pipeline is restored exactly: adapters it already had keep their scales and activation, ours are
-deleted (all LoRA layers are unloaded when it had none), fused base weights are written back bit for bit.
+deleted (all LoRA layers are unloaded when it had none), fused base weights are written back bit for bit,
+and every parameter's ``requires_grad`` is set back (peft's load freezes them).
 
     from stylekit.lora_style import LoRAStyle
     lora = LoRAStyle(content="out/content", style="out/style", style_weight=0.8)
@@ -158,6 +159,7 @@ class LoRAStyle(ConditionerBase):
             raise ValueError(f"LoRAStyle: the pipeline already has adapter(s) named {sorted(clash)}")
         snapshot = _snapshot_layers(unet)
         wrapped_before = set(snapshot)
+        trainable = _requires_grad_flags(pipe)  # peft's load freezes every base parameter
         base_weights: dict[str, torch.Tensor] = {}
         loaded: list[str] = []
         fused = False
@@ -167,6 +169,7 @@ class LoRAStyle(ConditionerBase):
                 with _quiet_diffusers():  # "no text encoder keys" is expected: adapters are UNet-only
                     pipe.load_lora_weights(str(file.parent), weight_name=file.name, adapter_name=spec.name)
                 loaded.append(spec.name)
+            _set_requires_grad(trainable)  # the call runs with the base parameters as they were
             if self.fuse:
                 base_weights = {
                     name: module.get_base_layer().weight.detach().clone()
@@ -197,6 +200,7 @@ class LoRAStyle(ConditionerBase):
                     target = module.get_base_layer() if hasattr(module, "get_base_layer") else module
                     target.weight.copy_(weight)
             _restore_layers(unet, snapshot)
+            _set_requires_grad(trainable)
 
     @contextmanager
     def applied(self, pipe: Any) -> Iterator[Any]:
@@ -261,6 +265,19 @@ def _unwrap_new_layers(unet: Any, wrapped_before: set[str]) -> None:
         if name not in wrapped_before and hasattr(module, "lora_A") and not module.lora_A:
             parent_name, _, child = name.rpartition(".")
             setattr(unet.get_submodule(parent_name) if parent_name else unet, child, module.get_base_layer())
+
+
+def _requires_grad_flags(pipe: Any) -> list[tuple[torch.nn.Parameter, bool]]:
+    """Every parameter of the pipeline's torch components with its ``requires_grad``: loading a LoRA
+    freezes them all, which would leave a UNet the user goes on to train frozen (and frozen parameters move
+    some CPU outputs by ~1e-6: a weight-0 LoRA would not equal no LoRA exactly)."""
+    modules = [m for m in pipe.components.values() if isinstance(m, torch.nn.Module)]
+    return [(p, p.requires_grad) for m in modules for p in m.parameters()]
+
+
+def _set_requires_grad(flags: Sequence[tuple[torch.nn.Parameter, bool]]) -> None:
+    for parameter, flag in flags:
+        parameter.requires_grad_(flag)
 
 
 def _snapshot_layers(unet: Any) -> dict[str, tuple[dict, Any]]:

@@ -40,15 +40,21 @@ def adapters(tmp_path_factory) -> Path:
     return out
 
 
-def snapshot(pipe) -> tuple[dict[str, torch.Tensor], list[str], dict[str, type]]:
+def snapshot(pipe) -> tuple[dict[str, torch.Tensor], list[str], dict[str, type], dict[str, bool]]:
     state = {k: v.detach().clone() for k, v in pipe.unet.state_dict().items()}
     processors = {k: type(v) for k, v in pipe.unet.attn_processors.items()}
-    return state, [n for n, _ in pipe.unet.named_modules()], processors
+    trainable = {
+        f"{component}.{k}": p.requires_grad
+        for component in ("unet", "text_encoder", "vae")
+        for k, p in getattr(pipe, component).named_parameters()
+    }
+    return state, [n for n, _ in pipe.unet.named_modules()], processors, trainable
 
 
 def assert_same(before, after) -> None:
     assert before[1] == after[1]  # no LoRA wrapper left behind
     assert before[2] == after[2]
+    assert before[3] == after[3]  # peft's load freezes every parameter: set back
     assert before[0].keys() == after[0].keys()
     assert all(torch.equal(before[0][k], after[0][k]) for k in before[0])
 

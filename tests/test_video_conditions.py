@@ -106,11 +106,13 @@ def base(pipe):
 
 def snapshot(pipe):
     state = {k: v.detach().clone() for k, v in pipe.unet.state_dict().items()}
-    return state, [n for n, _ in pipe.unet.named_modules()], dict(pipe.unet.attn_processors)
+    trainable = {k: p.requires_grad for k, p in pipe.unet.named_parameters()}
+    return state, [n for n, _ in pipe.unet.named_modules()], dict(pipe.unet.attn_processors), trainable
 
 
 def assert_restored(pipe, before) -> None:
-    state, names, processors = snapshot(pipe)
+    state, names, processors, trainable = snapshot(pipe)
+    assert trainable == before[3]  # loading a LoRA freezes parameters: set back
     assert names == before[1]  # no LoRA wrapper left behind
     assert processors.keys() == before[2].keys() and all(processors[k] is before[2][k] for k in processors)
     assert state.keys() == before[0].keys() and all(torch.equal(state[k], before[0][k]) for k in state)
