@@ -25,13 +25,28 @@ import warnings
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+
+if TYPE_CHECKING:  # torch is imported where tensors are handled, so `stylekit --help` starts without it
+    import torch
 
 STRATEGIES = ("features", "trajectory")
+
+
+def save_file(tensors: dict[str, torch.Tensor], path: str, metadata: dict[str, str]) -> None:
+    """``safetensors.torch.save_file``, imported when first used."""
+    from safetensors.torch import save_file as save
+
+    save(tensors, path, metadata=metadata)
+
+
+def load_file(path: str) -> dict[str, torch.Tensor]:
+    """``safetensors.torch.load_file``, imported when first used."""
+    from safetensors.torch import load_file as load
+
+    return load(path)
 
 
 @dataclass(frozen=True)
@@ -70,6 +85,8 @@ def scheduler_digest(config: Any) -> str:
 
 
 def _tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
+    import torch
+
     digest = hashlib.sha256()
     for name in sorted(tensors):
         tensor = tensors[name].detach().cpu().contiguous()

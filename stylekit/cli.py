@@ -43,7 +43,6 @@ from stylekit.batch import (
 from stylekit.cache import STRATEGIES
 from stylekit.capabilities import CapabilityUnavailable
 from stylekit.commands import EXTRA_COMMANDS, PASSTHROUGH
-from stylekit.models import MINI_PATH
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 DTYPES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
@@ -52,6 +51,8 @@ LATENT_FACTOR = 8  # VAE downsampling factor of every supported architecture (si
 
 def default_model() -> str:
     """The model ``--model`` defaults to: the bundled ``mini`` model when installed, else ``tiny-sd``."""
+    from stylekit.models import MINI_PATH  # imports torch: only when a command runs, not for --help
+
     return "mini" if (MINI_PATH / "model_index.json").exists() else "tiny-sd"
 
 

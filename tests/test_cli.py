@@ -136,10 +136,18 @@ def test_help_version_and_missing_command(capsys: pytest.CaptureFixture[str]) ->
 
 
 def test_default_model_is_mini_when_bundled(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(cli, "MINI_PATH", tmp_path)
+    import stylekit.models
+
+    monkeypatch.setattr(stylekit.models, "MINI_PATH", tmp_path)
     assert cli.default_model() == "tiny-sd"
     (tmp_path / "model_index.json").write_text("{}")
     assert cli.default_model() == "mini"
+
+
+def test_help_starts_without_torch() -> None:
+    """`stylekit --help` and argument errors come before torch is imported (it takes seconds)."""
+    code = "import sys, stylekit.cli; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
 
 
 @pytest.mark.parametrize(
