@@ -1,22 +1,38 @@
 """Content/style separation of split LoRAs (B-LoRA, Break-for-Make) on mini and the world; one JSON line.
 
 Usage: ``python benchmarks/lora_quality.py [--model mini] [--methods blora,b4m] [--train-steps 200] [--rank 8]
-[--lr 1e-2] [--n 16] [--steps 20] [--guidance 4.0] [--probe-steps 300] [--seed 0] [--work DIR]``
+[--lr 1e-2] [--n 16] [--steps 20] [--guidance 4.0] [--probe-steps 300] [--detector-n 600] [--detector-val 400]
+[--seed 0] [--work DIR]``
 
 1. A *subject* (one shape, lone object, one style A, ``--n-train`` images) and a *style* (a composite style B
    from the held-out part of the world's ``style`` split, so mini never saw it; varied contents) are rendered.
-2. Per method, a content adapter is trained on the subject and a style adapter on the style, both with the
+2. A *subject detector* is fitted on world renders (real images, not generations): the subject's shape as a
+   lone object vs 1..3 objects of the other shapes (mostly lone), both in the same style mix (uniform over
+   the 576 styles, a fifth each in style A and style B, so style cannot decide it); ``--detector-n``
+   renders plus a blurred/noisy copy of each (the probes' augmentation). It is a small MLP on a fixed
+   shape descriptor (:func:`shape_feature`: the harmonics of the radial signature of the objects
+   :func:`stylekit.metrics.segment_objects` finds), so an image counts only if its object has the subject's
+   outline (a blob is never the subject). It is validated on ``--detector-val`` fresh renders:
+   ``subject_detector`` = ``{"real_subject_recall", "real_other_false_positive", "vae_subject_recall",
+   "vae_other_false_positive" (the same renders after a round trip through the model's VAE: what the decoder
+   lets through), "subject_images_recall" (the subject's own training images), "train_seconds",
+   "reliable"}``; a warning is printed when the real recall < 0.9 or false positive > 0.1 (the content
+   measures below would be unreliable).
+3. Per method, a content adapter is trained on the subject and a style adapter on the style, both with the
    prompt ``"a [v] on paper"`` (B-LoRA's ``"a [v]"`` plus the world's "on paper": mini only knows world
    captions): ``blora`` trains one B-LoRA per image set and keeps its content / style half;
    ``b4m`` runs the content break (aux set: other styles), the style break (aux set: other contents) and the
    make stage (fused adapter = the composition).
-3. ``--n`` images are generated from the same prompt (fixed seeds) with: the composition, the content adapter
-   only, the style adapter only.
-4. Measured: ``composed_content_acc`` / ``style_only_content_acc`` = share of images whose first shape the
-   world content probe reads as the subject's (chance 0.1); ``composed_style_score`` /
-   ``content_only_style_score`` = ``stylekit.metrics.style_score(output, subject image, style image)``
-   (0 = the subject image's style A, 1 = the style image's style B), mean over images and references.
-Targets: composition shows both; content only has style score <= 0.3; style only does not carry the subject.
+4. ``--n`` images are generated from the same prompt (fixed seeds) with: the composition, the content adapter
+   only, the style adapter only; and with no adapter (the ``base`` row: the floor of every measure).
+5. Measured: ``composed_content_acc`` / ``style_only_content_acc`` / ``content_only_content_acc`` = share
+   of images the subject detector flags as the subject; the ``*_probe`` keys keep the earlier measure (share
+   whose first shape the world content probe reads as the subject's, chance 0.1; it reads the subject's own
+   renders poorly); ``composed_style_score`` / ``content_only_style_score`` =
+   ``stylekit.metrics.style_score(output, subject image, style image)`` (0 = the subject image's style A,
+   1 = the style image's style B), mean over images and references.
+Targets: composition shows both; content only has style score <= 0.3; style only does not carry the subject
+(its content acc near the base row's).
 """
 
 from __future__ import annotations
@@ -28,22 +44,164 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from stylekit.adapters.lora_block_probe import PROMPT, world_sets
 from stylekit.adapters.train_lora import TrainLoRAConfig, run
+from stylekit.data import (
+    N_SHAPES,
+    palette_index,
+    render_samples,
+    sample_content,
+    sample_style,
+    stroke_index,
+    texture_index,
+)
 from stylekit.lora_style import LoRAStyle
-from stylekit.metrics import style_score_components, train_probe
+from stylekit.metrics import probe_augment, segment_objects, style_score_components, train_probe
 from stylekit.models import load_pipeline
+
+SIGNATURE_BINS = 64
+"""Angular bins of the radial signature."""
+
+HARMONICS = 16
+"""Harmonics of the radial signature kept by :func:`shape_feature`."""
+
+RELIABLE_RECALL, RELIABLE_FALSE_POSITIVE = 0.9, 0.1
+"""The subject detector is trusted when its held-out real recall / false-positive rate are within these."""
+
+
+def shape_feature(image: np.ndarray) -> np.ndarray:
+    """Rotation-, scale- and style-free shape descriptor of the objects in ``image`` (float32, ``HARMONICS + 4``).
+
+    The objects' mask (:func:`stylekit.metrics.segment_objects`) gives the radial signature: the largest
+    boundary radius in each of :data:`SIGNATURE_BINS` angles around the mask's centroid, over its mean;
+    kept are the magnitudes of its harmonics 1..:data:`HARMONICS`, the mask area over the mean-radius disc
+    (holes), whether the centroid is covered (one object or several), the foreground share and the log
+    max / min radius. No object: zeros.
+    """
+    mask = segment_objects(image)
+    out = np.zeros(HARMONICS + 4, np.float32)
+    if mask.sum() < 8:
+        return out
+    pad = np.pad(mask, 1)
+    inner = mask & pad[:-2, 1:-1] & pad[2:, 1:-1] & pad[1:-1, :-2] & pad[1:-1, 2:]
+    ys, xs = np.nonzero(mask)
+    cy, cx = ys.mean(), xs.mean()
+    dy, dx = (v - c for v, c in zip(np.nonzero(mask & ~inner), (cy, cx), strict=True))
+    bins = ((np.arctan2(dy, dx) + np.pi) / (2 * np.pi) * SIGNATURE_BINS).astype(np.int64) % SIGNATURE_BINS
+    signature = np.full(SIGNATURE_BINS, -1.0)
+    np.maximum.at(signature, bins, np.hypot(dy, dx))
+    seen = np.flatnonzero(signature >= 0)
+    if len(seen) < 4:
+        return out
+    signature = np.interp(np.arange(SIGNATURE_BINS), seen, signature[seen], period=SIGNATURE_BINS)
+    mean = signature.mean()
+    out[:HARMONICS] = np.abs(np.fft.rfft(signature / mean))[1 : HARMONICS + 1] * (10 / SIGNATURE_BINS)
+    out[HARMONICS:] = (
+        mask.sum() / (np.pi * mean**2),
+        float(mask[int(cy), int(cx)]),
+        mask.mean(),
+        np.log(signature.max() / max(signature.min(), 0.5)),
+    )
+    return out
+
+
+def detector_set(
+    rng: np.random.Generator, shape: int, keys: list[tuple[int, int, int]], n: int, size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` world renders and their labels (True = subject), alternating: a lone ``shape`` / 1..3 objects
+    of the other shapes (5 in 7 lone). Every image's style is style ``keys[0]`` or ``keys[1]`` with
+    probability 0.2 each, else uniform over all styles (the same mix for both classes)."""
+    others = [s for s in range(N_SHAPES) if s != shape]
+    contents, styles = [], []
+    for i in range(n):
+        if i % 2 == 0:
+            contents.append(sample_content(rng, shapes=(shape,)))
+        else:
+            count = int(rng.choice([1, 1, 1, 1, 1, 2, 3]))
+            contents.append(sample_content(rng, shapes=tuple(int(s) for s in rng.choice(others, count))))
+        u = float(rng.random())
+        styles.append(sample_style(rng, keys[0] if u < 0.2 else keys[1] if u < 0.4 else None))
+    return render_samples(contents, styles, size).images, np.arange(n) % 2 == 0
+
+
+class SubjectDetector(NamedTuple):
+    """A small MLP on standardised :func:`shape_feature` descriptors: True = the subject's shape."""
+
+    mean: np.ndarray
+    std: np.ndarray
+    head: torch.nn.Module
+
+    @torch.no_grad()
+    def flags(self, images: np.ndarray) -> np.ndarray:
+        """bool ``(B,)``: which images show the subject."""
+        feats = (np.stack([shape_feature(im) for im in images]) - self.mean) / self.std
+        return (self.head(torch.from_numpy(feats))[:, 0] > 0).numpy()
+
+
+def train_subject_detector(
+    shape: int, keys: list[tuple[int, int, int]], n: int, size: int, seed: int
+) -> SubjectDetector:
+    """Fit a :class:`SubjectDetector` (32 hidden units, full-batch Adam, 1500 steps) on ``n`` renders of
+    :func:`detector_set` and a blurred/noisy copy of each (the world probes' augmentation); deterministic
+    by ``seed``."""
+    images, labels = detector_set(np.random.default_rng([seed, 71]), shape, keys, n, size)
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
+    blurred = probe_augment(x, torch.Generator().manual_seed(seed)).permute(0, 2, 3, 1).numpy()
+    feats = np.stack([shape_feature(im) for im in [*images, *blurred]])
+    mean, std = feats.mean(0), feats.std(0) + 1e-6
+    f = torch.from_numpy((feats - mean) / std)
+    y = torch.from_numpy(np.concatenate([labels, labels]).astype(np.float32))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        head = torch.nn.Sequential(torch.nn.Linear(f.shape[1], 32), torch.nn.ReLU(), torch.nn.Linear(32, 1))
+    opt = torch.optim.Adam(head.parameters(), lr=1e-2, weight_decay=1e-4)
+    for _ in range(1500):
+        loss = F.binary_cross_entropy_with_logits(head(f)[:, 0], y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return SubjectDetector(mean, std, head.eval())
+
+
+@torch.no_grad()
+def vae_round_trip(vae: Any, images: np.ndarray) -> np.ndarray:
+    """uint8 ``images`` encoded and decoded by ``vae`` (what the decoder lets through of the shapes)."""
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).to(vae.dtype) / 127.5 - 1.0
+    out = vae.decode(vae.encode(x).latent_dist.mode()).sample.float()
+    return ((out.clamp(-1, 1) + 1.0) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+
+
+def validate_detector(
+    detector: SubjectDetector,
+    sets: dict[str, Any],
+    keys: list[tuple[int, int, int]],
+    n: int,
+    seed: int,
+    vae: Any,
+) -> dict[str, float]:
+    """Recall / false-positive rate on ``n`` fresh renders of :func:`detector_set`, the same after a
+    round trip through the model's ``vae`` (``vae_*``), and recall on the subject's own training images."""
+    size = sets["subject"].shape[1]
+    images, labels = detector_set(np.random.default_rng([seed, 72]), sets["shape"], keys, n, size)
+    report = {}
+    for prefix, batch in (("real", images), ("vae", vae_round_trip(vae, images))):
+        flags = detector.flags(batch)
+        report[f"{prefix}_subject_recall"] = round(float(flags[labels].mean()), 4)
+        report[f"{prefix}_other_false_positive"] = round(float(flags[~labels].mean()), 4)
+    report["subject_images_recall"] = round(float(detector.flags(sets["subject"]).mean()), 4)
+    return report
 
 
 def train(method: str, sets: dict[str, Any], args: argparse.Namespace, root: Path) -> dict[str, Path]:
-    """Adapters of one method: ``{"content": dir, "style": dir, "composed": [dirs]}``."""
+    """Adapters of one method: ``{"content": dir, "style": dir}`` (b4m: and ``"fused"``)."""
     dirs = sets["dirs"]
     common = dict(
         pretrained_model_name_or_path=args.model,
@@ -115,14 +273,28 @@ def generate(pipe: Any, lora: LoRAStyle | None, args: argparse.Namespace) -> np.
     return (np.clip(images, 0, 1) * 255).round().astype(np.uint8)
 
 
-def measure(images: np.ndarray, sets: dict[str, Any], probe: Any) -> dict[str, float]:
+def measure(
+    images: np.ndarray, sets: dict[str, Any], probe: Any, detector: SubjectDetector
+) -> dict[str, float]:
+    """Subject rate (detector), first-shape rate (content probe) and mean style score of ``images``."""
+    subject = float(detector.flags(images).mean())
     shape_acc = float((probe.predict(images)["shape"] == sets["shape"]).mean())
     k = len(sets["subject"])
     outs = np.repeat(images, k, axis=0)
     contents = np.tile(sets["subject"], (len(images), 1, 1, 1))
     styles = np.tile(sets["style"], (len(images), 1, 1, 1))
     score = float(style_score_components(outs, contents, styles)["style"].mean())
-    return {"content_acc": round(shape_acc, 4), "style_score": round(score, 4)}
+    return {
+        "content_acc": round(subject, 4),
+        "content_acc_probe": round(shape_acc, 4),
+        "style_score": round(score, 4),
+    }
+
+
+def style_key(described: str) -> tuple[int, int, int]:
+    """``"ember/stripes/thick"`` -> ``(palette, texture, stroke)``."""
+    palette, texture, stroke = described.split("/")
+    return palette_index(palette), texture_index(texture), stroke_index(stroke)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -137,6 +309,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--guidance", type=float, default=4.0)
     parser.add_argument("--probe-steps", type=int, default=300)
+    parser.add_argument("--detector-n", type=int, default=600, help="world renders the subject detector fits")
+    parser.add_argument("--detector-val", type=int, default=400, help="fresh renders it is validated on")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--work", default=None, help="folder for data and adapters (default: a temp folder)")
@@ -148,6 +322,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     pipe.set_progress_bar_config(disable=True)
     size = int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
     sets = world_sets(args.seed, args.n_train, size, root / "data")
+    keys = [style_key(sets["style_a"]), style_key(sets["style_b"])]
+    t0 = time.perf_counter()
+    detector = train_subject_detector(sets["shape"], keys, args.detector_n, size, args.seed)
+    check: dict[str, Any] = {"train_seconds": round(time.perf_counter() - t0, 1)}
+    check.update(validate_detector(detector, sets, keys, args.detector_val, args.seed, pipe.vae))
+    check["reliable"] = (
+        check["real_subject_recall"] >= RELIABLE_RECALL
+        and check["real_other_false_positive"] <= RELIABLE_FALSE_POSITIVE
+    )
+    if not check["reliable"]:
+        print(
+            f"WARNING: the subject detector is unreliable on real renders ({check}): recall should be "
+            f">= {RELIABLE_RECALL} and false positive <= {RELIABLE_FALSE_POSITIVE}; content accs mean little",
+            file=sys.stderr,
+            flush=True,
+        )
     probe = train_probe("content", steps=args.probe_steps, size=size, seed=args.seed)
     report: dict[str, Any] = {
         "benchmark": "lora_quality",
@@ -158,8 +348,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "train_steps": args.train_steps,
         "rank": args.rank,
         "n": args.n,
+        "subject_detector": check,
     }
-    report["base"] = measure(generate(pipe, None, args), sets, probe)
+    report["base"] = measure(generate(pipe, None, args), sets, probe, detector)
     methods: dict[str, Any] = {}
     for method in [m for m in args.methods.split(",") if m]:
         t0 = time.perf_counter()
@@ -169,18 +360,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             if "fused" in adapters
             else LoRAStyle(content=adapters["content"], style=adapters["style"])
         )
-        comp = measure(generate(pipe, composed, args), sets, probe)
-        content_only = measure(generate(pipe, LoRAStyle(content=adapters["content"]), args), sets, probe)
-        style_only = measure(generate(pipe, LoRAStyle(style=adapters["style"]), args), sets, probe)
-        methods[method] = {
-            "composed_content_acc": comp["content_acc"],
-            "composed_style_score": comp["style_score"],
-            "content_only_style_score": content_only["style_score"],
-            "style_only_content_acc": style_only["content_acc"],
-            "content_only_content_acc": content_only["content_acc"],
-            "style_only_style_score": style_only["style_score"],
-            "seconds": round(time.perf_counter() - t0, 1),
+        rows = {
+            "composed": composed,
+            "content_only": LoRAStyle(content=adapters["content"]),
+            "style_only": LoRAStyle(style=adapters["style"]),
         }
+        row: dict[str, Any] = {}
+        for name, lora in rows.items():
+            measured = measure(generate(pipe, lora, args), sets, probe, detector)
+            row.update({f"{name}_{key}": value for key, value in measured.items()})
+        row["seconds"] = round(time.perf_counter() - t0, 1)
+        methods[method] = row
         print(f"{method}: {methods[method]}", file=sys.stderr, flush=True)
     report["methods"] = methods
     report["seconds"] = round(time.perf_counter() - start, 1)

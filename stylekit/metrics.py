@@ -577,9 +577,9 @@ class Probe:
         return acc
 
 
-def _augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Mild, style-preserving corruption so the probe tolerates generated images: a Gaussian blur
-    (sigma 0..1 px at 64 px, per image) and pixel noise (sigma 0..0.03)."""
+def probe_augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Mild, style-preserving corruption so the probes tolerate generated images: a Gaussian blur
+    (sigma 0..1 px at 64 px, per image) and pixel noise (sigma 0..0.03). ``x``: (B, 3, H, W) in [0, 1]."""
     b, _, h, _ = x.shape
     sigma = torch.rand(b, generator=generator) * (h / 64.0)
     coords = torch.arange(-2, 3, dtype=torch.float32) * (h / 64.0)
@@ -638,7 +638,7 @@ def train_probe(
         sample = render_samples(contents, styles, size)
         x = torch.from_numpy(sample.images).permute(0, 3, 1, 2).float() / 255.0
         if augment:
-            x = _augment(x, generator)
+            x = probe_augment(x, generator)
         labels = targets_of(contents if kind == "content" else styles)
         logits = net(x)
         loss = sum(F.cross_entropy(logits[name], torch.from_numpy(labels[name])) for name in heads)

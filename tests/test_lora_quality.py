@@ -1,0 +1,37 @@
+"""benchmarks/lora_quality.py on a reduced setting (tiny-sd): output format and its subject detector on real renders."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+BENCHMARK = Path(__file__).resolve().parent.parent / "benchmarks" / "lora_quality.py"
+
+
+def test_lora_quality_reduced(capsys, tmp_path):
+    spec = importlib.util.spec_from_file_location("_bench_lora_quality", BENCHMARK)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    bench.main(
+        ["--model", "tiny-sd", "--methods", "blora,b4m", "--train-steps", "2", "--n-train", "2", "--n", "2"]
+        + ["--steps", "2", "--probe-steps", "2", "--detector-n", "300", "--detector-val", "200"]
+        + ["--work", str(tmp_path)]
+    )
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    report = json.loads(lines[0])
+    assert (
+        report["benchmark"] == "lora_quality" and report["subject_shape"] == 5
+    )  # hexagon: near circle / pentagon
+    # the detector reads held-out real renders (any style, style B included) and the subject's own images
+    detector = report["subject_detector"]
+    assert detector["real_subject_recall"] >= 0.9, detector
+    assert detector["real_other_false_positive"] <= 0.1, detector
+    assert detector["subject_images_recall"] == 1.0 and detector["reliable"] is True, detector
+    assert set(report["base"]) == {"content_acc", "content_acc_probe", "style_score"}
+    assert set(report["methods"]) == {"blora", "b4m"}
+    for row in report["methods"].values():
+        for prefix in ("composed", "content_only", "style_only"):
+            for key in ("content_acc", "content_acc_probe", "style_score"):
+                assert 0.0 <= row[f"{prefix}_{key}"] <= 1.0
