@@ -99,6 +99,7 @@ def world_sets(seed: int, n_train: int, size: int, root: Path) -> dict[str, Any]
         "shape": shape,
         "style_a": style_a.describe(),
         "style_b": style_b.describe(),
+        "style_keys": [style_a.key, style_b.key],
         "subject": subject,
         "style": style,
         "dirs": {

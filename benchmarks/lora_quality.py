@@ -54,18 +54,11 @@ import torch.nn.functional as F
 
 from stylekit.adapters.lora_block_probe import PROMPT, world_sets
 from stylekit.adapters.train_lora import TrainLoRAConfig, run
-from stylekit.data import (
-    N_SHAPES,
-    palette_index,
-    render_samples,
-    sample_content,
-    sample_style,
-    stroke_index,
-    texture_index,
-)
+from stylekit.data import N_SHAPES, render_samples, sample_content, sample_style
 from stylekit.lora_style import LoRAStyle
 from stylekit.metrics import probe_augment, segment_objects, style_score_components, train_probe
 from stylekit.models import load_pipeline
+from stylekit.training.evaluate import reconstruct
 
 SIGNATURE_BINS = 64
 """Angular bins of the radial signature."""
@@ -171,14 +164,6 @@ def train_subject_detector(
     return SubjectDetector(mean, std, head.eval())
 
 
-@torch.no_grad()
-def vae_round_trip(vae: Any, images: np.ndarray) -> np.ndarray:
-    """uint8 ``images`` encoded and decoded by ``vae`` (what the decoder lets through of the shapes)."""
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).to(vae.dtype) / 127.5 - 1.0
-    out = vae.decode(vae.encode(x).latent_dist.mode()).sample.float()
-    return ((out.clamp(-1, 1) + 1.0) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
-
-
 def validate_detector(
     detector: SubjectDetector,
     sets: dict[str, Any],
@@ -188,11 +173,12 @@ def validate_detector(
     vae: Any,
 ) -> dict[str, float]:
     """Recall / false-positive rate on ``n`` fresh renders of :func:`detector_set`, the same after a
-    round trip through the model's ``vae`` (``vae_*``), and recall on the subject's own training images."""
+    round trip through the model's ``vae`` (``vae_*``, :func:`stylekit.training.evaluate.reconstruct`),
+    and recall on the subject's own training images."""
     size = sets["subject"].shape[1]
     images, labels = detector_set(np.random.default_rng([seed, 72]), sets["shape"], keys, n, size)
     report = {}
-    for prefix, batch in (("real", images), ("vae", vae_round_trip(vae, images))):
+    for prefix, batch in (("real", images), ("vae", reconstruct(vae, images))):
         flags = detector.flags(batch)
         report[f"{prefix}_subject_recall"] = round(float(flags[labels].mean()), 4)
         report[f"{prefix}_other_false_positive"] = round(float(flags[~labels].mean()), 4)
@@ -291,12 +277,6 @@ def measure(
     }
 
 
-def style_key(described: str) -> tuple[int, int, int]:
-    """``"ember/stripes/thick"`` -> ``(palette, texture, stroke)``."""
-    palette, texture, stroke = described.split("/")
-    return palette_index(palette), texture_index(texture), stroke_index(stroke)
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="mini")
@@ -322,7 +302,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     pipe.set_progress_bar_config(disable=True)
     size = int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
     sets = world_sets(args.seed, args.n_train, size, root / "data")
-    keys = [style_key(sets["style_a"]), style_key(sets["style_b"])]
+    keys = sets["style_keys"]
     t0 = time.perf_counter()
     detector = train_subject_detector(sets["shape"], keys, args.detector_n, size, args.seed)
     check: dict[str, Any] = {"train_seconds": round(time.perf_counter() - t0, 1)}
