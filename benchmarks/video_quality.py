@@ -1,7 +1,8 @@
 """Temporal consistency and style of video style transfer on world videos; prints one JSON line.
 
 Usage: ``python benchmarks/video_quality.py [--model mini] [--clips 4] [--frames 8] [--steps 25]
-[--size 64] [--window 8] [--overlap 2] [--motion-adapter PATH] [--fusion A] [--seed 0] [--threads 1]``
+[--size 64] [--window 8] [--overlap 2] [--motion-adapter PATH] [--motion-scale S] [--fusion A] [--seed 0]
+[--threads 1]``
 
 Clips: world videos (``stylekit.data.sample_video``, moving/rotating objects, held-out ``test`` part of the
 ``content_style`` split) with ground-truth flow and masks; each clip is restyled with a world image of
@@ -13,7 +14,8 @@ Rows (``VideoStyleTransferPipeline``, StyleID defaults, one shared inversion cac
 - ``cross_frame``: + cross-frame attention (first and previous frame's K/V) on the self-attention layers
   StyleID does not inject (``--cross-frame unstyled``, the pipeline default; ``all`` also on injected ones);
 - ``cross_frame_all`` (with ``--ablations``): cross-frame attention on the injected layers too;
-- ``motion``: + a motion adapter's temporal attention (only with ``--motion-adapter``; else null);
+- ``motion``: + a motion adapter's temporal attention (only with ``--motion-adapter``; else null), its
+  temporal layers scaled by ``--motion-scale`` (``motion_scale``, 1 = as trained);
 - ``fusion`` (with ``--fusion A``): cross-frame attention (+ the motion adapter when given) + flow-guided
   temporal fusion of strength ``A`` (``temporal_fusion``; flow estimated from the source frames).
 
@@ -66,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--window", type=int, default=8)
     parser.add_argument("--overlap", type=int, default=2)
     parser.add_argument("--motion-adapter", default=None)
+    parser.add_argument("--motion-scale", type=float, default=1.0, help="motion_scale of the adapter rows")
     parser.add_argument("--cross-frame", default="unstyled", choices=["all", "unstyled"])
     parser.add_argument("--ablations", action="store_true", help="also the cross_frame_all row")
     parser.add_argument("--fusion", type=float, default=None, help="temporal_fusion of the fusion row")
@@ -96,11 +99,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.ablations:
         rows["cross_frame_all"] = {"cross_frame": "all", "motion_adapter": None}
     if adapter is not None:
-        rows["motion"] = {"cross_frame": args.cross_frame, "motion_adapter": adapter}
+        rows["motion"] = {
+            "cross_frame": args.cross_frame,
+            "motion_adapter": adapter,
+            "motion_scale": args.motion_scale,
+        }
     if args.fusion is not None:
         rows["fusion"] = {
             "cross_frame": args.cross_frame,
             "motion_adapter": adapter,
+            **({"motion_scale": args.motion_scale} if adapter is not None else {}),
             "temporal_fusion": args.fusion,
         }
     clips = make_clips(args.clips, args.frames, args.size, args.seed)
@@ -159,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         "window": args.window,
         "overlap": args.overlap,
         "motion_adapter": args.motion_adapter,
+        "motion_scale": args.motion_scale if args.motion_adapter else None,
         "fusion": args.fusion,
         "warp_error_ratio": round(summary[best]["warp_error"] / summary["per_frame"]["warp_error"], 4),
         "style_score_ratio": round(

@@ -54,7 +54,13 @@ from stylekit.regions import load_masks
 from stylekit.tokens import StyleTokens, resolve_adapter
 from stylekit.tokens.scales import ScaleSpec
 from stylekit.video_conditions import StyleArgument, as_conditions, route_conditions
-from stylekit.video_models import check_motion_adapter, motion_unet, text_embedding_hook_last
+from stylekit.video_models import (
+    check_motion_adapter,
+    check_motion_scale,
+    motion_unet,
+    scaled_motion_modules,
+    text_embedding_hook_last,
+)
 
 
 class VideoStyleInjection(ConditionerBase):
@@ -278,6 +284,7 @@ class StyleVideoPipeline(AnimateDiffPipeline):
         style_tokens: Any = None,
         style_tokens_scale: ScaleSpec = 1.0,
         style_guidance_scale: float | None = None,
+        motion_scale: float = 1.0,
         **kwargs: Any,
     ) -> Any:
         """Generate a video from ``prompt``, styled by ``style`` and ``conditioners``.
@@ -295,6 +302,8 @@ class StyleVideoPipeline(AnimateDiffPipeline):
                 pipeline's ``style_tokens``, else the bundled adapter when it fits the UNet).
             style_tokens_scale: ``StyleTokens.scale`` (a number, per-block dict or preset).
             style_guidance_scale: ``StyleTokens.style_guidance_scale`` (StyleMaster's separate guidance).
+            motion_scale: the temporal layers' contribution (``stylekit.video_models.scaled_motion_modules``):
+                1 = as trained, 0 = none (the frames are then generated independently).
             num_inference_steps, height, width, callback_on_step_end, **kwargs: ``AnimateDiffPipeline``'s
                 arguments (``num_frames``, ``guidance_scale``, ``generator``, ``output_type``, ...).
 
@@ -305,6 +314,7 @@ class StyleVideoPipeline(AnimateDiffPipeline):
         height = height or int(self.unet.config.sample_size) * factor
         width = width or int(self.unet.config.sample_size) * factor
         num_frames = int(kwargs.get("num_frames", 16))
+        motion_scale = check_motion_scale(motion_scale)
         routed = route_conditions(as_conditions(style))
         InjectionSettings(temperature=temperature)  # range check
         derived: list[Conditioner] = []
@@ -374,7 +384,7 @@ class StyleVideoPipeline(AnimateDiffPipeline):
         use_callback = callback_on_step_end is not None or bool(active)
         handle = self.unet.register_forward_pre_hook(on_step_begin, with_kwargs=True)
         try:
-            with attached(self, active):
+            with attached(self, active), scaled_motion_modules(self.unet, motion_scale):
                 text_embedding_hook_last(self.unet)
                 return super().__call__(
                     prompt,

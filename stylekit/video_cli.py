@@ -14,8 +14,6 @@ import json
 import sys
 from pathlib import Path
 
-from stylekit.video_io import FRAME_SUFFIXES, VideoIOError, _natural_key
-
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stylekit video", description="Restyle a video with a style image.")
@@ -25,6 +23,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", default="mini", help="mini, tiny-sd, sd15, a hub id or a diffusers folder")
     parser.add_argument(
         "--motion-adapter", default=None, help="a diffusers MotionAdapter folder (temporal attention)"
+    )
+    parser.add_argument(
+        "--motion-scale",
+        type=float,
+        default=1.0,
+        help="the motion adapter's temporal contribution (1: as trained, 0: none; 0.5 keeps more style)",
     )
     parser.add_argument(
         "--mask",
@@ -55,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def mask_sources(path: str) -> str | list[Path]:
     """``--mask``: a mask image path as it is, or a folder's mask images in natural name order."""
+    from stylekit.video_io import FRAME_SUFFIXES, _natural_key
+
     folder = Path(path)
     if folder.is_dir():
         files = sorted(
@@ -83,8 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     from stylekit.images import InputImageError
     from stylekit.models import load_pipeline
     from stylekit.pipelines import VideoStyleTransferPipeline
-    from stylekit.video_io import read_video
-    from stylekit.video_models import MotionAdapterMismatch
+    from stylekit.video_io import VideoIOError, read_video
+    from stylekit.video_models import MotionAdapterMismatch, check_motion_scale
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)  # on a busy shared CPU, 1 thread avoids oversubscription
@@ -93,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
         from stylekit.video_flow import check_fusion
 
         check_fusion(args.temporal_fusion)  # before the video and the model load
+        check_motion_scale(args.motion_scale)
+        if args.motion_scale != 1.0 and not args.motion_adapter:
+            raise ValueError("--motion-scale: needs --motion-adapter")
         video = read_video(args.input, max_frames=args.max_frames, argument="IN")
         if not Path(args.style).is_file():
             raise InputImageError(f"--style: file not found: {args.style}")
@@ -134,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
             temperature=args.temperature,
             cross_frame=not args.no_cross_frame,
             motion_adapter=adapter.to(device) if adapter is not None else None,
+            motion_scale=args.motion_scale,
             window_size=window,
             window_overlap=max(0, min(args.overlap, window - 1)),
             num_inference_steps=args.steps,

@@ -8,11 +8,16 @@
   ``addition_embed_type="text"`` (the bundled ``mini``), whose pooled-text embedding the stock motion
   UNet silently drops; it is re-added by a hook so the motion UNet reproduces the image UNet.
 - ``tiny_motion_adapter(unet)`` builds a random-weight adapter that fits ``unet`` (tests, training start).
+- ``scaled_motion_modules(model, scale)`` scales the temporal layers' contribution for a call (the "motion
+  scale" of ComfyUI's AnimateDiff-Evolved): 1 = as trained, 0 = the spatial UNet alone.
 """
 
 from __future__ import annotations
 
 import copy
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -136,6 +141,51 @@ def text_embedding_hook_last(model: Any) -> None:
     register_last = model.__dict__.get("_text_embedding_hook_last")
     if register_last is not None:
         register_last()
+
+
+def check_motion_scale(scale: Any) -> float:
+    """``motion_scale`` as a finite float >= 0, else a ValueError."""
+    if (
+        isinstance(scale, bool)
+        or not isinstance(scale, (int, float))
+        or not math.isfinite(scale)
+        or scale < 0
+    ):
+        raise ValueError(f"motion_scale: expected a finite number >= 0, got {scale!r}")
+    return float(scale)
+
+
+@contextmanager
+def scaled_motion_modules(model: Any, scale: float) -> Iterator[None]:
+    """Within the block, every temporal transformer of the motion UNet ``model`` (diffusers'
+    ``AnimateDiffTransformer3D``, which returns ``x + f(x)``) returns ``x + scale * f(x)``.
+
+    ``scale`` 1 installs nothing (the model as trained); 0 leaves only the spatial UNet (its output equals the
+    image UNet's). Hooks are removed on exit, also on error.
+    """
+    from diffusers.models.unets.unet_motion_model import AnimateDiffTransformer3D
+
+    scale = check_motion_scale(scale)
+    if scale == 1.0:
+        yield
+        return
+
+    def scaled(module: Any, args: tuple, kwargs: dict, output: torch.Tensor) -> torch.Tensor:
+        hidden = args[0] if args else kwargs["hidden_states"]
+        return hidden + scale * (output - hidden)
+
+    handles = [
+        module.register_forward_hook(scaled, with_kwargs=True)
+        for module in model.modules()
+        if isinstance(module, AnimateDiffTransformer3D)
+    ]
+    if not handles:
+        raise ValueError("motion_scale: the model has no motion modules (not a motion UNet)")
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 class MotionUNetCache:

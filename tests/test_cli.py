@@ -145,9 +145,17 @@ def test_default_model_is_mini_when_bundled(monkeypatch: pytest.MonkeyPatch, tmp
 
 
 def test_help_starts_without_torch() -> None:
-    """`stylekit --help` and argument errors come before torch is imported (it takes seconds)."""
+    """`stylekit --help`, `stylekit video --help` and argument errors come before torch is imported (it takes
+    seconds)."""
     code = "import sys, stylekit.cli; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+    code = (
+        "import sys, stylekit.cli\n"
+        "try:\n    stylekit.cli.main(['video', '--help'])\nexcept SystemExit:\n    pass\n"
+        "sys.exit('torch' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True)
+    assert "--motion-scale" in result.stdout and result.returncode == 0
 
 
 @pytest.mark.parametrize(

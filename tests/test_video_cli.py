@@ -54,3 +54,18 @@ def test_video_command_keeps_frames_and_fps(tmp_path, capsys):
     )
     assert "not found" in capsys.readouterr().err
     assert not (tmp_path / "x.mp4").exists()
+
+
+def test_motion_scale_flag_checked_before_any_work(tmp_path, capsys, monkeypatch):
+    import stylekit.models
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(stylekit.models, "load_pipeline", no_model)
+    args = [str(tmp_path / "missing.mp4"), "--style", "s.png", "-o", str(tmp_path / "x.mp4")]
+    assert main([*args, "--motion-scale", "0.5"]) == 2
+    assert "--motion-scale: needs --motion-adapter" in capsys.readouterr().err
+    assert main([*args, "--motion-scale", "-1", "--motion-adapter", "m"]) == 2
+    assert "motion_scale: expected a finite number >= 0" in capsys.readouterr().err
+    assert not (tmp_path / "x.mp4").exists()

@@ -180,6 +180,9 @@ def test_style_video_pipeline_end_to_end(tiny_sd, style):
     assert styled.shape == (1, 4, SIZE, SIZE, 3) and np.isfinite(styled).all()
     plain = generate()
     assert not np.allclose(styled, plain, atol=1e-5)
+    assert not np.allclose(generate(motion_scale=0.0), plain, atol=1e-5)  # the temporal layers act
+    with pytest.raises(ValueError, match="motion_scale"):
+        generate(motion_scale=float("nan"))
     np.testing.assert_array_equal(generate(style=style), styled)  # cached inversion, same result
     assert pipe.inversion_cache.stats["hits"] == 1 and pipe.inversion_cache.stats["misses"] == 1
     after = pipe.unet.attn_processors
@@ -222,3 +225,59 @@ def test_gray_tile_controlnet(video_pipe, adapter, style):
     )
     with pytest.raises(TypeError, match="ControlNetModel"):
         run(video_pipe, video, style, controlnet=adapter)
+
+
+def test_motion_scale(video_pipe, adapter, style):
+    """0 = the spatial UNet alone (the run without an adapter), 1 = as trained, between: a third result."""
+    video = moving_video(4)
+
+    def scaled(scale=None, motion_adapter=adapter):
+        extra = {} if scale is None else {"motion_scale": scale}
+        return run(
+            video_pipe, video, style, motion_adapter=motion_adapter, window_size=4, window_overlap=0, **extra
+        )
+
+    plain, full = scaled(motion_adapter=None), scaled()
+    np.testing.assert_array_equal(scaled(1.0).frames, full.frames)
+    np.testing.assert_allclose(scaled(0.0).frames, plain.frames, atol=1e-5)
+    half = scaled(0.5)
+    assert not np.allclose(half.frames, full.frames, atol=1e-4)
+    assert not np.allclose(half.frames, plain.frames, atol=1e-4)
+    motion = video_pipe._motion_cache.get(video_pipe.unet, adapter)
+    assert not any(m._forward_hooks for m in motion.modules() if type(m).__name__.endswith("3D"))
+    with pytest.raises(ValueError, match="no motion adapter"):
+        scaled(0.5, motion_adapter=None)
+    with pytest.raises(ValueError, match="motion_scale"):
+        scaled(-1.0)
+
+
+def test_scaled_motion_modules_zero_equals_zeroed_temporal_layers(tiny_sd, adapter):
+    """Scale 0 is exactly a motion UNet whose temporal layers add nothing (zero ``proj_out``); hooks are
+    removed on exit, also when the call fails."""
+    import copy
+
+    from diffusers.models.unets.unet_motion_model import AnimateDiffTransformer3D
+
+    from stylekit.video_models import motion_unet, scaled_motion_modules
+
+    model = motion_unet(tiny_sd.unet, adapter)
+    zeroed = copy.deepcopy(model)
+    for module in zeroed.modules():
+        if isinstance(module, AnimateDiffTransformer3D):
+            torch.nn.init.zeros_(module.proj_out.weight)
+            torch.nn.init.zeros_(module.proj_out.bias)
+    sample = torch.randn(1, 4, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    hidden = torch.randn(3, 77, model.config.cross_attention_dim, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        full = model(sample, 10, encoder_hidden_states=hidden).sample
+        with scaled_motion_modules(model, 0.0):
+            off = model(sample, 10, encoder_hidden_states=hidden).sample
+        expected = zeroed(sample, 10, encoder_hidden_states=hidden).sample
+        with pytest.raises(RuntimeError), scaled_motion_modules(model, 0.5):
+            model(sample[:, :2], 10, encoder_hidden_states=hidden)  # 2 channels: the UNet fails
+        again = model(sample, 10, encoder_hidden_states=hidden).sample
+    torch.testing.assert_close(off, expected, rtol=0, atol=0)
+    assert not torch.allclose(full, off, atol=1e-4)
+    torch.testing.assert_close(again, full, rtol=0, atol=0)  # the hooks are gone
+    with pytest.raises(ValueError, match="no motion modules"), scaled_motion_modules(tiny_sd.unet, 0.5):
+        pass
