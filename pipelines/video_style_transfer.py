@@ -32,8 +32,8 @@ error.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -69,6 +69,7 @@ from stylekit.video_models import (
     check_motion_adapter,
     check_motion_scale,
     scaled_motion_modules,
+    text_embedding_hook_last,
 )
 
 
@@ -475,8 +476,9 @@ class VideoStyleTransferPipeline(StyleInjectionPipeline):
         if regional is not None:
             if regional.adapters is not None and adapter is not None:
                 raise ValueError(
-                    f"style[{regional.adapters.styles[0]}]: LoRA / style-token regions act on the image UNet; pass motion_adapter=None "
-                    "(or give this region a style image only)"
+                    f"style[{regional.adapters.styles[0]}]: LoRA / style-token styles in the style list are "
+                    "per-region and not supported with a motion adapter; pass motion_adapter=None, or apply "
+                    "them to the whole video with conditioners=[LoRAStyle(...)] / [StyleTokens(...)]"
                 )
             official = bool(preset and preset.official_timing)
             regional.check_pipeline(self, conditioners, adain=adain_mode != "none", official_timing=official)
@@ -618,6 +620,21 @@ class VideoStyleTransferPipeline(StyleInjectionPipeline):
             weights = union.numpy()
         return fusion(chunk, sources, weights)
 
+    @contextmanager
+    def _sampling_unet(self, sampler: Any) -> Iterator[None]:
+        """Within the block ``self.unet`` is ``sampler`` (the motion UNet, when one samples), so conditioners
+        attached to the pipeline load their LoRAs / wrap their layers where the denoising runs; the image
+        UNet is put back on exit (the pipeline's config is not touched)."""
+        image_unet = self.__dict__["unet"]
+        if sampler is image_unet:
+            yield
+            return
+        self.__dict__["unet"] = sampler
+        try:
+            yield
+        finally:
+            self.__dict__["unet"] = image_unet
+
     # ------------------------------------------------------------------------------------ one window
     def _run_window(
         self,
@@ -732,8 +749,11 @@ class VideoStyleTransferPipeline(StyleInjectionPipeline):
             anchored_injection(sampler, state)
             if state is not None and state.include_injected
             else nullcontext(),
+            self._sampling_unet(sampler),  # conditioners (LoRAs, style tokens) act on the UNet that samples
             attached(self, extra),
         ):
+            if motion:
+                text_embedding_hook_last(sampler)  # after the conditioners' pre-hooks (e.g. guidance rows)
             for i, t in enumerate(timesteps):
                 t = t.to(device)
                 if state is not None:

@@ -242,9 +242,7 @@ def test_image_free_regions_refused_before_model_work(video_pipe, adapter, loras
     try:
         with pytest.raises(ValueError, match=r"style\[0\]: video style transfer needs StyleCondition.image"):
             run(video_pipe, video, StyleCondition(lora=loras["a"]))  # no mask anywhere: plain StyleID
-        with pytest.raises(
-            ValueError, match=r"style\[1\]: LoRA / style-token regions .* motion_adapter=None"
-        ):
+        with pytest.raises(ValueError, match=r"style\[1\]: LoRA / style-token styles .* motion_adapter=None"):
             run(
                 video_pipe,
                 video,

@@ -1,11 +1,13 @@
-"""Every condition type in StyleVideoPipeline: StyleID injection, style tokens, LoRAs (tiny-sd + a tiny
-MotionAdapter, 32 px, 2 steps, 4 frames)."""
+"""Every condition type in StyleVideoPipeline (StyleID injection, style tokens, LoRAs), and LoRA / token
+conditioners in VideoStyleTransferPipeline with a motion adapter (tiny-sd + a tiny MotionAdapter, 32 px,
+2 steps, 4 frames)."""
 
 from __future__ import annotations
 
 import copy
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -275,3 +277,47 @@ def test_steps_limit_tokens_and_loras_to_part_of_the_schedule(pipe, tokens, lora
     whole = generate(pipe, style=full, style_tokens=tokens)
     part = generate(pipe, style=first_half, style_tokens=tokens)
     assert np.abs(part - whole).max() > 1e-5 and np.abs(part - base).max() > 1e-5
+
+
+def test_transfer_conditioners_act_on_the_motion_unet(parts, tokens, lora):
+    """``VideoStyleTransferPipeline`` with a motion adapter samples with the motion UNet: a ``LoRAStyle`` or
+    ``StyleTokens`` conditioner must act there (it once loaded into the image UNet and changed nothing), and
+    both UNets are restored after the call."""
+    from stylekit.pipelines import VideoStyleTransferPipeline
+
+    image_unet = copy.deepcopy(parts["unet"])
+    pipe = VideoStyleTransferPipeline(
+        parts["vae"], parts["text_encoder"], parts["tokenizer"], image_unet, parts["scheduler"]
+    )
+    pipe.set_progress_bar_config(disable=True)
+    adapter = tiny_motion_adapter(image_unet, motion_max_seq_length=8)
+    video = np.stack([make_image(seed, size=SIZE) for seed in range(FRAMES)])
+
+    def transfer(*conditioners):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # peft: shortened targets match motion layers
+            return pipe(
+                video,
+                make_image(7, size=SIZE),
+                motion_adapter=adapter,
+                conditioners=conditioners,
+                num_inference_steps=2,
+                height=SIZE,
+                width=SIZE,
+                output_type="np",
+            ).frames
+
+    plain = transfer()
+    motion = SimpleNamespace(unet=pipe._motion_cache.get(image_unet, adapter))
+    before = snapshot(pipe), snapshot(motion)
+    with_lora = transfer(LoRAStyle.from_conditions([StyleCondition(lora=lora)]))
+    assert np.abs(with_lora - plain).max() > 1e-3
+    assert pipe.unet is image_unet
+    assert_restored(pipe, before[0])
+    assert_restored(motion, before[1])
+    embedding = torch.linspace(-1.0, 1.0, EMBED)
+    with_tokens = transfer(StyleTokens(tokens, StyleCondition(embedding=embedding)))
+    assert np.abs(with_tokens - plain).max() > 1e-3
+    assert_restored(pipe, before[0])
+    assert_restored(motion, before[1])
+    np.testing.assert_array_equal(transfer(), plain)
