@@ -36,7 +36,6 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -737,23 +736,21 @@ class VideoStyleTransferPipeline(StyleInjectionPipeline):
                 dtype=dtype,
             ).view(-1, 1, 1, 1)
         record: list[torch.Tensor] | None = [] if shared_after else None
-        proxy = SimpleNamespace(unet=sampler)
         if state is not None:
             state.frames, state.holds_first = count, holds_first
         all_conditioners = [injection, *extra]
         with (
+            self._sampling_unet(sampler),  # every conditioner acts on the UNet that samples
             cross_frame_processors(
                 sampler, cross_layers if state is not None else [], state or CrossFrameState()
             ),
-            attached(proxy, [injection]),
+            attached(self, [injection]),
             anchored_injection(sampler, state)
             if state is not None and state.include_injected
             else nullcontext(),
-            self._sampling_unet(sampler),  # conditioners (LoRAs, style tokens) act on the UNet that samples
             attached(self, extra),
         ):
-            if motion:
-                text_embedding_hook_last(sampler)  # after the conditioners' pre-hooks (e.g. guidance rows)
+            text_embedding_hook_last(sampler)  # after the conditioners' pre-hooks (e.g. guidance rows)
             for i, t in enumerate(timesteps):
                 t = t.to(device)
                 if state is not None:
