@@ -164,6 +164,27 @@ def train_subject_detector(
     return SubjectDetector(mean, std, head.eval())
 
 
+def detector_rates(
+    detector: SubjectDetector,
+    rng: np.random.Generator,
+    shape: int,
+    keys: list[tuple[int, int, int]],
+    n: int,
+    size: int,
+    vae: Any,
+) -> dict[str, float]:
+    """Recall / false-positive rate on ``n`` fresh renders of :func:`detector_set` (drawn with ``rng``), and
+    the same after a round trip through the model's ``vae`` (``vae_*``,
+    :func:`stylekit.training.evaluate.reconstruct`)."""
+    images, labels = detector_set(rng, shape, keys, n, size)
+    report = {}
+    for prefix, batch in (("real", images), ("vae", reconstruct(vae, images))):
+        flags = detector.flags(batch)
+        report[f"{prefix}_subject_recall"] = round(float(flags[labels].mean()), 4)
+        report[f"{prefix}_other_false_positive"] = round(float(flags[~labels].mean()), 4)
+    return report
+
+
 def validate_detector(
     detector: SubjectDetector,
     sets: dict[str, Any],
@@ -172,16 +193,9 @@ def validate_detector(
     seed: int,
     vae: Any,
 ) -> dict[str, float]:
-    """Recall / false-positive rate on ``n`` fresh renders of :func:`detector_set`, the same after a
-    round trip through the model's ``vae`` (``vae_*``, :func:`stylekit.training.evaluate.reconstruct`),
-    and recall on the subject's own training images."""
+    """:func:`detector_rates` on the subject's shape, and recall on the subject's own training images."""
     size = sets["subject"].shape[1]
-    images, labels = detector_set(np.random.default_rng([seed, 72]), sets["shape"], keys, n, size)
-    report = {}
-    for prefix, batch in (("real", images), ("vae", reconstruct(vae, images))):
-        flags = detector.flags(batch)
-        report[f"{prefix}_subject_recall"] = round(float(flags[labels].mean()), 4)
-        report[f"{prefix}_other_false_positive"] = round(float(flags[~labels].mean()), 4)
+    report = detector_rates(detector, np.random.default_rng([seed, 72]), sets["shape"], keys, n, size, vae)
     report["subject_images_recall"] = round(float(detector.flags(sets["subject"]).mean()), 4)
     return report
 

@@ -30,11 +30,10 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from lora_quality import detector_set, train_subject_detector  # noqa: E402
+from lora_quality import detector_rates, train_subject_detector  # noqa: E402
 
 from stylekit.data import N_SHAPES, sample_content, sample_style  # noqa: E402
 from stylekit.data.captions import caption  # noqa: E402
-from stylekit.training.evaluate import reconstruct  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict[str, object]:
@@ -63,10 +62,8 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     for shape in range(N_SHAPES):
         keys = [sample_style(rng).key, sample_style(rng).key]
         detector = train_subject_detector(shape, keys, args.detector_n, size, args.seed)
-        images, labels = detector_set(
-            np.random.default_rng([args.seed, 73, shape]), shape, keys, args.detector_val, size
-        )
-        real, vae = detector.flags(images), detector.flags(reconstruct(pipe.vae, images))
+        rng_val = np.random.default_rng([args.seed, 73, shape])
+        rates = detector_rates(detector, rng_val, shape, keys, args.detector_val, size, pipe.vae)
         captions = [caption(sample_content(rng, shapes=(shape,)), sample_style(rng)) for _ in range(args.n)]
         generated = pipe(
             captions,
@@ -78,9 +75,9 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         drawn = detector.flags(np.round(generated * 255).astype(np.uint8))
         shapes[str(shape)] = {
             "drawn": round(float(drawn.mean()), 4),
-            "recall": round(float(real[labels].mean()), 4),
-            "false_positive": round(float(real[~labels].mean()), 4),
-            "vae_recall": round(float(vae[labels].mean()), 4),
+            "recall": rates["real_subject_recall"],
+            "false_positive": rates["real_other_false_positive"],
+            "vae_recall": rates["vae_subject_recall"],
         }
     line: dict[str, object] = {
         "benchmark": "shape_drawing",
