@@ -23,7 +23,7 @@ Regions: styles given with a ``mask`` (one mask, or one per frame) act only in t
 runs as its own stream of frames and ``stylekit.regions.RegionalStyle`` (masks sliced per window) blends the
 streams with the frames' inversion trajectories after every step and pastes each frame's reconstruction
 outside the regions (``docs/regions.md``). A masked call's style may be a LoRA or style tokens instead of an
-image (``stylekit.regions.RegionAdapters``; not with a motion adapter).
+image (``stylekit.regions.RegionAdapters``; also with a motion adapter).
 
 With ``window_size >= len(video)`` there is a single window and the result is exactly the single-window
 run. The attention processors (of the UNet and of the motion UNet) are restored after every call, also on
@@ -340,7 +340,7 @@ class VideoStyleTransferPipeline(StyleInjectionPipeline):
                 reconstruction (``stylekit.regions.RegionalStyle``, each frame a content; masks sliced per
                 window). Several styles without masks blend by weight over the whole frame. A masked call's
                 style may also (or instead of an image) be a LoRA (``lora``) or style tokens (``embedding`` /
-                ``text``), per region (``stylekit.regions.RegionAdapters``; without a motion adapter).
+                ``text``), per region (``stylekit.regions.RegionAdapters``).
             gamma, temperature, attention_injection, query_preservation, layers: StyleID, as in
                 ``StyleInjectionPipeline``.
             adain: AdaIN of the start latents toward the style's: ``True`` / ``"video"`` normalises every
@@ -473,12 +473,6 @@ class VideoStyleTransferPipeline(StyleInjectionPipeline):
             region_context,
         )
         if regional is not None:
-            if regional.adapters is not None and adapter is not None:
-                raise ValueError(
-                    f"style[{regional.adapters.styles[0]}]: LoRA / style-token styles in the style list are "
-                    "per-region and not supported with a motion adapter; pass motion_adapter=None, or apply "
-                    "them to the whole video with conditioners=[LoRAStyle(...)] / [StyleTokens(...)]"
-                )
             official = bool(preset and preset.official_timing)
             regional.check_pipeline(self, conditioners, adain=adain_mode != "none", official_timing=official)
         length = len(clip)

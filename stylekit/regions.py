@@ -469,11 +469,17 @@ class RegionAdapters:
         return start <= self.position < end
 
     def _before_unet(self, module: Any, args: tuple, kwargs: dict) -> None:
-        """Per UNet call: the adapter name and token weight of every batch row (prepended rows: none)."""
+        """Per UNet call: the adapter name and token weight of every batch row (prepended rows: none).
+
+        A motion UNet takes ``(videos, C, frames, h, w)`` and flattens frames into its rows, frame fastest;
+        the call's rows are then ``videos x frames`` (every frame of a video has the video's style), the
+        LoRA names go per frame row and the token weights and contexts per video (``TokenState.frames``)."""
         sample = args[0] if args else kwargs["sample"]
-        batch, rows = int(sample.shape[0]), self._rows
+        rows = self._rows
+        frames = int(sample.shape[2]) if sample.ndim == 5 else 1
+        batch = int(sample.shape[0]) * frames
         extra = batch - len(rows)
-        if extra < 0:
+        if extra < 0 or extra % frames:
             raise RuntimeError(f"regional adapters: the UNet batch has {batch} rows, the call {len(rows)}")
         active = [self._active(row.style) for row in rows]
         if self._lora is not None:
@@ -483,9 +489,10 @@ class RegionAdapters:
             ]
         if self._tokens is not None:
             state = self._tokens.state
-            on = [k for k, i in enumerate(self._token_rows) if active[i]]
-            weights = torch.zeros(batch)
-            weights[[extra + self._token_rows[k] for k in on]] = 1.0
+            # the active token rows (first frame of each video only: its frames share the style)
+            on = [k for k, i in enumerate(self._token_rows) if active[i] and (extra + i) % frames == 0]
+            weights = torch.zeros(batch // frames)
+            weights[[(extra + self._token_rows[k]) // frames for k in on]] = 1.0
             state.row_weights = weights
             # TokenState gives the k-th weighted row the k-th context: keep the contexts of active rows.
             context, time_delta = self._context
@@ -501,7 +508,11 @@ class RegionAdapters:
         names, rows = self._names, int(x.shape[0])
         if rows != len(names):
             state = self._tokens.state if self._tokens is not None else None
-            token_rows = [] if state is None or state.row_weights is None else state.row_weights.nonzero()
+            token_rows = (
+                []
+                if state is None or state.row_weights is None
+                else state.row_weights.repeat_interleave(state.frames).nonzero()
+            )
             if len(token_rows) == rows:
                 names = [names[int(i)] for i in token_rows]
             elif state is None and names and rows % len(names) == 0:  # (with tokens it would be ambiguous)

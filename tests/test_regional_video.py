@@ -234,6 +234,49 @@ def test_adain_skips_image_free_streams(video_pipe, loras, style):
         np.testing.assert_allclose(beside, alone, atol=1e-4)
 
 
+def test_lora_and_token_regions_with_a_motion_adapter(video_pipe, adapter, loras, token_adapter, style):
+    """With a motion adapter the motion UNet samples every stream as one video: the per-row LoRA / tokens
+    must follow the rows through its (videos, C, frames, h, w) batch. A LoRA stream beside a muted StyleID
+    stream equals the LoRA stream alone (so the LoRA rows are the right ones), outside the regions stays
+    the reconstruction, the motion layers act, and both UNets are restored."""
+    from types import SimpleNamespace
+
+    video, masks = moving_video(3), moving_squares(3)
+    everywhere = np.ones((SIZE, SIZE))
+    recon = reconstructions(video_pipe, video)
+    motion = {"motion_adapter": adapter, "cache": False}
+    run(video_pipe, video, style, **motion)  # builds the cached motion UNet before the snapshots
+    motion_unet = SimpleNamespace(unet=video_pipe._motion_cache.get(video_pipe.unet, adapter))
+    before = snapshot(video_pipe), snapshot(motion_unet)
+    alone = run(video_pipe, video, StyleCondition(lora=loras["a"], mask=everywhere), **motion).frames
+    beside = run(
+        video_pipe,
+        video,
+        [StyleCondition(image=style, weight=0.0), StyleCondition(lora=loras["a"], mask=everywhere)],
+        **motion,
+    ).frames
+    np.testing.assert_allclose(beside, alone, atol=1e-4)
+    no_motion = run(video_pipe, video, StyleCondition(lora=loras["a"], mask=everywhere), cache=False).frames
+    assert np.abs(alone - no_motion).mean() > 1e-3  # the temporal layers act on the LoRA stream
+    lora = run(video_pipe, video, StyleCondition(lora=loras["a"], mask=masks), **motion).frames
+    np.testing.assert_allclose(lora[~masks], recon[~masks], atol=1e-5)
+    assert np.abs(lora - recon)[masks].mean() > 0.02
+    embedding = torch.randn(16, generator=torch.Generator().manual_seed(3))
+    region = StyleCondition(embedding=embedding, mask=masks)
+    tokens = run(video_pipe, video, region, style_token_adapter=token_adapter, **motion).frames
+    untrained = StyleTokenAdapter.for_unet(video_pipe.unet, 16, video_pipe.text_encoder)
+    base = run(video_pipe, video, region, style_token_adapter=untrained, **motion).frames
+    np.testing.assert_allclose(tokens[~masks], recon[~masks], atol=1e-5)
+    assert np.abs(tokens - base)[masks].mean() > 1e-3  # the tokens act through the motion UNet
+    both = StyleCondition(lora=loras["a"], embedding=embedding, mask=masks)  # LoRA on the token rows too
+    mixed = run(video_pipe, video, both, style_token_adapter=token_adapter, **motion).frames
+    np.testing.assert_allclose(mixed[~masks], recon[~masks], atol=1e-5)
+    assert min(np.abs(mixed - lora)[masks].mean(), np.abs(mixed - tokens)[masks].mean()) > 1e-3
+    assert_same(before[0], snapshot(video_pipe))
+    assert_same(before[1], snapshot(motion_unet))
+    assert not getattr(motion_unet.unet, "peft_config", None)
+
+
 def test_image_free_regions_refused_before_model_work(video_pipe, adapter, loras, token_adapter, style):
     video, masks = moving_video(2), moving_squares(2)
     before = snapshot(video_pipe)
@@ -242,13 +285,6 @@ def test_image_free_regions_refused_before_model_work(video_pipe, adapter, loras
     try:
         with pytest.raises(ValueError, match=r"style\[0\]: video style transfer needs StyleCondition.image"):
             run(video_pipe, video, StyleCondition(lora=loras["a"]))  # no mask anywhere: plain StyleID
-        with pytest.raises(ValueError, match=r"style\[1\]: LoRA / style-token styles .* motion_adapter=None"):
-            run(
-                video_pipe,
-                video,
-                [style, StyleCondition(lora=loras["a"], mask=masks)],
-                motion_adapter=adapter,
-            )
         with pytest.raises(ValueError, match=r"style\[1\]\.lora: cannot read"):
             run(video_pipe, video, [style, StyleCondition(lora=loras["garbage"], mask=masks)])
         with pytest.raises(ValueError, match=r"style\[0\]\.lora: .*another architecture"):
