@@ -93,6 +93,7 @@ class VideoStyleTransferOutput(BaseOutput):
 
 
 DEFAULT_WINDOW = 16
+DEFAULT_OVERLAP = 4
 
 
 def gray_tile(image: PIL.Image.Image, width: int, height: int, factor: int = 8) -> PIL.Image.Image:
@@ -308,7 +309,7 @@ class VideoStyleTransferPipeline(StyleInjectionPipeline):
         motion_adapter: Any = "default",
         motion_scale: float = 1.0,
         window_size: int | str | None = "auto",
-        window_overlap: int = 4,
+        window_overlap: int | str = "auto",
         num_inference_steps: int = 50,
         height: int | None = None,
         width: int | None = None,
@@ -359,7 +360,8 @@ class VideoStyleTransferPipeline(StyleInjectionPipeline):
                 StyleID (1.0: -12 %) at a lower warp error (docs/video.md). Needs a motion adapter.
             window_size: frames per window; ``"auto"`` = 16 (at most the adapter's ``motion_max_seq_length``);
                 None = the whole video at once (not allowed with a motion adapter).
-            window_overlap: frames shared by consecutive windows (FreeNoise-like fusion).
+            window_overlap: frames shared by consecutive windows (FreeNoise-like fusion); ``"auto"`` =
+                ``min(4, window_size // 2)`` (4 for windows of 8 or more frames).
             num_inference_steps: DDIM steps (inversion and sampling).
             height, width: output size (default: the shorter side at the model's native resolution,
                 aspect kept, multiples of the VAE factor); frames are resized to cover it and centre-cropped.
@@ -414,6 +416,10 @@ class VideoStyleTransferPipeline(StyleInjectionPipeline):
                 raise ValueError(f"window_size: expected an integer, None or 'auto', got {window_size!r}")
             limit = int(adapter.config.motion_max_seq_length) if adapter is not None else DEFAULT_WINDOW
             window_size = min(DEFAULT_WINDOW, limit)
+        if isinstance(window_overlap, str):
+            if window_overlap != "auto":
+                raise ValueError(f"window_overlap: expected an integer or 'auto', got {window_overlap!r}")
+            window_overlap = min(DEFAULT_OVERLAP, int(window_size) // 2) if window_size is not None else 0
         settings = InjectionSettings(
             gamma, temperature, attention_injection, query_preservation, attention_backend
         )  # type: ignore[arg-type]

@@ -91,6 +91,10 @@ def test_sliding_windows(video_pipe, adapter, style):
     assert twice.windows == [(0, 4), (3, 7), (4, 8)] and twice.frames.shape[0] == 8
     no_motion = run(video_pipe, video, style, window_size=None)
     assert no_motion.windows == [(0, 8)]
+    # "auto": the adapter's longest window (4 here), overlap min(4, window // 2)
+    short = tiny_motion_adapter(video_pipe.unet, motion_max_seq_length=4)
+    auto = run(video_pipe, video[:6], style, motion_adapter=short)
+    assert auto.windows == [(0, 4), (2, 6)]
     assert video_pipe.inversion_cache.stats["misses"] >= 1  # the style: inverted once, then reused
     hits = video_pipe.inversion_cache.stats["hits"]
     run(video_pipe, video, style, window_size=4, window_overlap=1)
@@ -146,6 +150,8 @@ def test_bad_inputs_fail_before_model_work(video_pipe, tiny_sd, style, tmp_path)
             run(video_pipe, moving_video(2), style, motion_adapter=short, window_size=8)
         with pytest.raises(ValueError, match="window_overlap"):
             run(video_pipe, moving_video(2), style, window_size=4, window_overlap=4)
+        with pytest.raises(ValueError, match="window_overlap: expected an integer or 'auto'"):
+            run(video_pipe, moving_video(2), style, window_overlap="half")
         with pytest.raises(VideoIOError, match="does not exist"):
             run(video_pipe, moving_video(2), style, output_path=tmp_path / "nowhere" / "out.mp4")
     finally:
