@@ -2,7 +2,7 @@
 
 Usage: ``python benchmarks/lora_quality.py [--model mini] [--methods blora,b4m] [--train-steps 200] [--rank 8]
 [--lr 1e-2] [--n 16] [--steps 20] [--guidance 4.0] [--probe-steps 300] [--detector-n 600] [--detector-val 400]
-[--seed 0] [--work DIR]``
+[--content-blocks B,..] [--style-blocks B,..] [--seed 0] [--work DIR]``
 
 1. A *subject* (one shape, lone object, one style A, ``--n-train`` images) and a *style* (a composite style B
    from the held-out part of the world's ``style`` split, so mini never saw it; varied contents) are rendered.
@@ -200,6 +200,11 @@ def validate_detector(
     return report
 
 
+def _blocks(flag: str) -> list[str] | None:
+    """A comma-separated block list from the command line, or None (the model's preset)."""
+    return [b.strip() for b in flag.split(",") if b.strip()] or None
+
+
 def train(method: str, sets: dict[str, Any], args: argparse.Namespace, root: Path) -> dict[str, Path]:
     """Adapters of one method: ``{"content": dir, "style": dir}`` (b4m: and ``"fused"``)."""
     dirs = sets["dirs"]
@@ -214,16 +219,20 @@ def train(method: str, sets: dict[str, Any], args: argparse.Namespace, root: Pat
         train_batch_size=2,
     )
     if method == "blora":
-        run(
-            TrainLoRAConfig(
-                method="blora", instance_data_dir=str(dirs["subject"]), output_dir=str(root / "c"), **common
+        split = {
+            "content_blocks": _blocks(args.content_blocks),
+            "style_blocks": _blocks(args.style_blocks),
+        }
+        for folder, data in (("c", "subject"), ("s", "style")):
+            run(
+                TrainLoRAConfig(
+                    method="blora",
+                    instance_data_dir=str(dirs[data]),
+                    output_dir=str(root / folder),
+                    **split,
+                    **common,
+                )
             )
-        )
-        run(
-            TrainLoRAConfig(
-                method="blora", instance_data_dir=str(dirs["style"]), output_dir=str(root / "s"), **common
-            )
-        )
         return {"content": root / "c" / "content", "style": root / "s" / "style"}
     out = root / "b4m"
     b4m = dict(method="b4m", output_dir=str(out), learning_rate_2=args.lr / 10, **common)
@@ -305,6 +314,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--probe-steps", type=int, default=300)
     parser.add_argument("--detector-n", type=int, default=600, help="world renders the subject detector fits")
     parser.add_argument("--detector-val", type=int, default=400, help="fresh renders it is validated on")
+    parser.add_argument(
+        "--content-blocks", default="", help="blora: comma-separated content blocks (default: the preset)"
+    )
+    parser.add_argument(
+        "--style-blocks", default="", help="blora: comma-separated style blocks (default: the preset)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--work", default=None, help="folder for data and adapters (default: a temp folder)")
@@ -341,6 +356,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "style_b": sets["style_b"],
         "train_steps": args.train_steps,
         "rank": args.rank,
+        "lr": args.lr,
+        "blora_blocks": {"content": args.content_blocks or "preset", "style": args.style_blocks or "preset"},
         "n": args.n,
         "subject_detector": check,
     }

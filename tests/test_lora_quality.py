@@ -1,10 +1,13 @@
-"""benchmarks/lora_quality.py on a reduced setting (tiny-sd): output format and its subject detector on real renders."""
+"""benchmarks/lora_quality.py on a reduced setting (tiny-sd): output format, its subject detector on real renders,
+and a B-LoRA split given on the command line."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
 from pathlib import Path
+
+from stylekit.lora import block_of, read_lora
 
 BENCHMARK = Path(__file__).resolve().parent.parent / "benchmarks" / "lora_quality.py"
 
@@ -16,7 +19,7 @@ def test_lora_quality_reduced(capsys, tmp_path):
     bench.main(
         ["--model", "tiny-sd", "--methods", "blora,b4m", "--train-steps", "2", "--n-train", "2", "--n", "2"]
         + ["--steps", "2", "--probe-steps", "2", "--detector-n", "300", "--detector-val", "200"]
-        + ["--work", str(tmp_path)]
+        + ["--content-blocks", "up_blocks.3.attentions.0", "--work", str(tmp_path)]
     )
     lines = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
     assert len(lines) == 1, lines
@@ -31,6 +34,9 @@ def test_lora_quality_reduced(capsys, tmp_path):
     assert detector["subject_images_recall"] == 1.0 and detector["reliable"] is True, detector
     assert set(report["base"]) == {"content_acc", "content_acc_probe", "style_score"}
     assert set(report["methods"]) == {"blora", "b4m"}
+    assert report["blora_blocks"] == {"content": "up_blocks.3.attentions.0", "style": "preset"}
+    content = read_lora(tmp_path / "blora" / "c" / "content")
+    assert {block_of(key) for key in content} == {"up_blocks.3.attentions.0"}  # the flag reached training
     for row in report["methods"].values():
         for prefix in ("composed", "content_only", "style_only"):
             for key in ("content_acc", "content_acc_probe", "style_score"):
