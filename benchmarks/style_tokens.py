@@ -1,7 +1,7 @@
 """Style tokens on ``mini``: text-to-image with a held-out style reference; prints one JSON line.
 
 Usage: ``python benchmarks/style_tokens.py [--model mini] [--adapter DIR] [--n 48] [--steps 20]
-[--guidance 4.0] [--style-guidance 4.0] [--scale 1.0] [--probe-steps 600] [--seed 0]
+[--guidance 4.0] [--style-guidance 4.0] [--scale 1.0|PRESET|JSON] [--probe-steps 600] [--seed 0]
 [--latent-stats-strength 0] [--latent-stats-steps 0.3]``
 
 ``--latent-stats-strength`` > 0 adds latent-statistics guidance (``StyleTokens(latent_stats_strength=...,
@@ -88,6 +88,14 @@ def generate(pipe: Any, captions: list[str], tokens: Any, args: argparse.Namespa
     return np.concatenate(out)
 
 
+def _scale(text: str) -> Any:
+    """``--scale``: a number, a preset name or a JSON block dict (``stylekit.tokens.scales``)."""
+    try:
+        return float(text)
+    except ValueError:
+        return json.loads(text) if text.lstrip().startswith("{") else text
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="mini")
@@ -96,7 +104,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--guidance", type=float, default=4.0)
     parser.add_argument("--style-guidance", type=float, default=4.0)
-    parser.add_argument("--scale", type=float, default=1.0)
+    parser.add_argument(
+        "--scale",
+        type=_scale,
+        default=1.0,
+        help='token scale: a number, a preset (style-only, style-and-layout) or JSON, e.g. \'{"up": {"block_2": 1}}\'',
+    )
     parser.add_argument("--probe-steps", type=int, default=600)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--latent-stats-strength", type=float, default=0.0)
@@ -114,6 +127,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    from stylekit.tokens.scales import layer_scales
+
+    layer_scales(args.scale, [])  # an unknown preset or a malformed dict fails here, before any model work
 
     from stylekit.data import render_samples, sample_content, sample_scenes, sample_styles
     from stylekit.extractors import load_default
