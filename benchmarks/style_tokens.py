@@ -89,11 +89,19 @@ def generate(pipe: Any, captions: list[str], tokens: Any, args: argparse.Namespa
 
 
 def _scale(text: str) -> Any:
-    """``--scale``: a number, a preset name or a JSON block dict (``stylekit.tokens.scales``)."""
+    """``--scale``: a number, a preset name or a JSON block dict (``stylekit.tokens.scales``; the dict's
+    blocks are checked against the model when the adapter is attached)."""
+    from stylekit.tokens.scales import SCALE_PRESETS
+
     try:
         return float(text)
     except ValueError:
-        return json.loads(text) if text.lstrip().startswith("{") else text
+        pass
+    if text.lstrip().startswith("{"):
+        return json.loads(text)
+    if text not in SCALE_PRESETS:
+        raise argparse.ArgumentTypeError(f"unknown preset {text!r}; presets: {sorted(SCALE_PRESETS)}")
+    return text
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -127,9 +135,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    from stylekit.tokens.scales import layer_scales
-
-    layer_scales(args.scale, [])  # an unknown preset or a malformed dict fails here, before any model work
 
     from stylekit.data import render_samples, sample_content, sample_scenes, sample_styles
     from stylekit.extractors import load_default
