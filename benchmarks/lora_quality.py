@@ -18,13 +18,15 @@ Usage: ``python benchmarks/lora_quality.py [--model mini] [--methods blora,b4m] 
    lets through), "subject_images_recall" (the subject's own training images), "train_seconds",
    "reliable"}``; a warning is printed when the real recall < 0.9 or false positive > 0.1 (the content
    measures below would be unreliable).
-3. Per method, a content adapter is trained on the subject and a style adapter on the style, both with the
-   prompt ``"a [v] on paper"`` (B-LoRA's ``"a [v]"`` plus the world's "on paper": mini only knows world
-   captions): ``blora`` trains one B-LoRA per image set and keeps its content / style half;
-   ``b4m`` runs the content break (aux set: other styles), the style break (aux set: other contents) and the
-   make stage (fused adapter = the composition).
-4. ``--n`` images are generated from the same prompt (fixed seeds) with: the composition, the content adapter
-   only, the style adapter only; and with no adapter (the ``base`` row: the floor of every measure).
+3. Per method, a content adapter is trained on the subject and a style adapter on the style: ``blora``
+   trains one B-LoRA per image set, both with the prompt ``"a [v] on paper"`` (B-LoRA's ``"a [v]"`` plus the
+   world's "on paper": mini only knows world captions), and keeps its content / style half; ``b4m`` binds
+   each set to its own words as in its official scripts (subject ``"a [v] on paper"``, style ``"a shape on
+   [s] paper"``) and runs the content break (aux set: other styles), the style break (aux set: other
+   contents) and the make stage on both sets (fused adapter = the composition).
+4. ``--n`` images are generated (fixed seeds) with: the composition, the content adapter only, the style
+   adapter only, from the method's prompt for that row (``PROMPTS``; b4m composes from ``"a [v] on [s]
+   paper"``; recorded as ``prompts``); and with no adapter from ``"a [v] on paper"`` (the ``base`` row).
 5. Measured: ``composed_content_acc`` / ``style_only_content_acc`` / ``content_only_content_acc`` = share
    of images the subject detector flags as the subject; the ``*_probe`` keys keep the earlier measure (share
    whose first shape the world content probe reads as the subject's, chance 0.1; it reads the subject's own
@@ -200,6 +202,19 @@ def validate_detector(
     return report
 
 
+# Generation prompt per row. B-LoRA trains both image sets on one prompt and composes by blocks; B4M, as in
+# its official scripts, binds content and style to their own words ("a photo of snq teddybear", "... in w@z
+# style") and generates the composition from both; mini's tokenizer keeps "[v]" and "[s]" apart.
+PROMPTS = {
+    "blora": {"composed": PROMPT, "content_only": PROMPT, "style_only": PROMPT},
+    "b4m": {
+        "composed": "a [v] on [s] paper",
+        "content_only": PROMPT,
+        "style_only": "a shape on [s] paper",
+    },
+}
+
+
 def _blocks(flag: str) -> list[str] | None:
     """A comma-separated block list from the command line, or None (the model's preset)."""
     return [b.strip() for b in flag.split(",") if b.strip()] or None
@@ -210,7 +225,6 @@ def train(method: str, sets: dict[str, Any], args: argparse.Namespace, root: Pat
     dirs = sets["dirs"]
     common = dict(
         pretrained_model_name_or_path=args.model,
-        instance_prompt=PROMPT,
         rank=args.rank,
         max_train_steps=args.train_steps,
         learning_rate=args.lr,
@@ -228,6 +242,7 @@ def train(method: str, sets: dict[str, Any], args: argparse.Namespace, root: Pat
                 TrainLoRAConfig(
                     method="blora",
                     instance_data_dir=str(dirs[data]),
+                    instance_prompt=PROMPT,
                     output_dir=str(root / folder),
                     **split,
                     **common,
@@ -236,9 +251,11 @@ def train(method: str, sets: dict[str, Any], args: argparse.Namespace, root: Pat
         return {"content": root / "c" / "content", "style": root / "s" / "style"}
     out = root / "b4m"
     b4m = dict(method="b4m", output_dir=str(out), learning_rate_2=args.lr / 10, **common)
+    content_prompt, style_prompt = PROMPTS["b4m"]["content_only"], PROMPTS["b4m"]["style_only"]
     run(
         TrainLoRAConfig(
             instance_data_dir=str(dirs["subject"]),
+            instance_prompt=content_prompt,
             b4m_role="content",
             aux_data_dir=[str(dirs["other_styles"])],
             aux_prompt=["a shape on paper"],
@@ -248,6 +265,7 @@ def train(method: str, sets: dict[str, Any], args: argparse.Namespace, root: Pat
     run(
         TrainLoRAConfig(
             instance_data_dir=str(dirs["style"]),
+            instance_prompt=style_prompt,
             b4m_role="style",
             aux_data_dir=[str(dirs["other_contents"])],
             aux_prompt=["a shape on paper"],
@@ -258,27 +276,28 @@ def train(method: str, sets: dict[str, Any], args: argparse.Namespace, root: Pat
     run(
         TrainLoRAConfig(
             instance_data_dir=str(dirs["subject"]),
+            instance_prompt=content_prompt,
             b4m_stage="make",
             content_lora=str(out / "content"),
             style_lora=str(out / "style"),
             aux_data_dir=[str(dirs["style"])],
-            aux_prompt=[PROMPT],
+            aux_prompt=[style_prompt],
             **make,
         )
     )
     return {"content": out / "content", "style": out / "style", "fused": out / "fused"}
 
 
-def generate(pipe: Any, lora: LoRAStyle | None, args: argparse.Namespace) -> np.ndarray:
+def generate(pipe: Any, lora: LoRAStyle | None, args: argparse.Namespace, prompt: str = PROMPT) -> np.ndarray:
     generators = [torch.Generator().manual_seed(args.seed + i) for i in range(args.n)]
     call = dict(
         num_inference_steps=args.steps, guidance_scale=args.guidance, generator=generators, output_type="np"
     )
     if lora is None:
-        images = pipe([PROMPT] * args.n, **call).images
+        images = pipe([prompt] * args.n, **call).images
     else:
         with lora.applied(pipe):
-            images = pipe([PROMPT] * args.n, **call).images
+            images = pipe([prompt] * args.n, **call).images
     return (np.clip(images, 0, 1) * 255).round().astype(np.uint8)
 
 
@@ -376,9 +395,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "content_only": LoRAStyle(content=adapters["content"]),
             "style_only": LoRAStyle(style=adapters["style"]),
         }
-        row: dict[str, Any] = {}
+        row: dict[str, Any] = {"prompts": PROMPTS[method]}
         for name, lora in rows.items():
-            measured = measure(generate(pipe, lora, args), sets, probe, detector)
+            measured = measure(generate(pipe, lora, args, PROMPTS[method][name]), sets, probe, detector)
             row.update({f"{name}_{key}": value for key, value in measured.items()})
         row["seconds"] = round(time.perf_counter() - t0, 1)
         methods[method] = row

@@ -35,6 +35,7 @@ def test_lora_quality_reduced(capsys, tmp_path):
     assert set(report["base"]) == {"content_acc", "content_acc_probe", "style_score"}
     assert set(report["methods"]) == {"blora", "b4m"}
     assert report["blora_blocks"] == {"content": "up_blocks.3.attentions.0", "style": "preset"}
+    assert report["methods"]["b4m"]["prompts"]["composed"] == "a [v] on [s] paper"  # its own words per set
     content = read_lora(tmp_path / "blora" / "c" / "content")
     assert {block_of(key) for key in content} == {"up_blocks.3.attentions.0"}  # the flag reached training
     for row in report["methods"].values():
