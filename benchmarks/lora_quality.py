@@ -27,6 +27,8 @@ Usage: ``python benchmarks/lora_quality.py [--model mini] [--methods blora,b4m] 
 4. ``--n`` images are generated (fixed seeds) with: the composition, the content adapter only, the style
    adapter only, from the method's prompt for that row (``PROMPTS``; b4m composes from ``"a [v] on [s]
    paper"``; recorded as ``prompts``); and with no adapter from ``"a [v] on paper"`` (the ``base`` row).
+   For ``blora`` also with both halves of the subject's own B-LoRA (``subject_both_halves_*``: whether
+   training learned the subject at all, before the split).
 5. Measured: ``composed_content_acc`` / ``style_only_content_acc`` / ``content_only_content_acc`` = share
    of images the subject detector flags as the subject; the ``*_probe`` keys keep the earlier measure (share
    whose first shape the world content probe reads as the subject's, chance 0.1; it reads the subject's own
@@ -206,7 +208,12 @@ def validate_detector(
 # its official scripts, binds content and style to their own words ("a photo of snq teddybear", "... in w@z
 # style") and generates the composition from both; mini's tokenizer keeps "[v]" and "[s]" apart.
 PROMPTS = {
-    "blora": {"composed": PROMPT, "content_only": PROMPT, "style_only": PROMPT},
+    "blora": {
+        "composed": PROMPT,
+        "content_only": PROMPT,
+        "style_only": PROMPT,
+        "subject_both_halves": PROMPT,
+    },
     "b4m": {
         "composed": "a [v] on [s] paper",
         "content_only": PROMPT,
@@ -248,7 +255,11 @@ def train(method: str, sets: dict[str, Any], args: argparse.Namespace, root: Pat
                     **common,
                 )
             )
-        return {"content": root / "c" / "content", "style": root / "s" / "style"}
+        return {
+            "content": root / "c" / "content",
+            "style": root / "s" / "style",
+            "subject_style": root / "c" / "style",  # the subject B-LoRA's other half
+        }
     out = root / "b4m"
     b4m = dict(method="b4m", output_dir=str(out), learning_rate_2=args.lr / 10, **common)
     content_prompt, style_prompt = PROMPTS["b4m"]["content_only"], PROMPTS["b4m"]["style_only"]
@@ -395,6 +406,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "content_only": LoRAStyle(content=adapters["content"]),
             "style_only": LoRAStyle(style=adapters["style"]),
         }
+        if "subject_style" in adapters:  # did training learn the subject at all? (both of its halves)
+            rows["subject_both_halves"] = LoRAStyle(
+                content=adapters["content"], style=adapters["subject_style"]
+            )
         row: dict[str, Any] = {"prompts": PROMPTS[method]}
         for name, lora in rows.items():
             measured = measure(generate(pipe, lora, args, PROMPTS[method][name]), sets, probe, detector)

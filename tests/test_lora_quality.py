@@ -38,6 +38,8 @@ def test_lora_quality_reduced(capsys, tmp_path):
     assert report["methods"]["b4m"]["prompts"]["composed"] == "a [v] on [s] paper"  # its own words per set
     content = read_lora(tmp_path / "blora" / "c" / "content")
     assert {block_of(key) for key in content} == {"up_blocks.3.attentions.0"}  # the flag reached training
+    assert "subject_both_halves_content_acc" in report["methods"]["blora"]
+    assert not any(key.startswith("subject_both") for key in report["methods"]["b4m"])
     for row in report["methods"].values():
         for prefix in ("composed", "content_only", "style_only"):
             for key in ("content_acc", "content_acc_probe", "style_score"):
