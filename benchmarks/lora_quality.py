@@ -227,6 +227,30 @@ def _blocks(flag: str) -> list[str] | None:
     return [b.strip() for b in flag.split(",") if b.strip()] or None
 
 
+def checked_detector(
+    sets: dict[str, Any], args: argparse.Namespace, vae: Any, size: int
+) -> tuple[SubjectDetector, dict[str, Any]]:
+    """The subject detector of ``sets`` (``--detector-n`` renders) and its check on ``--detector-val`` fresh
+    renders (:func:`validate_detector`, ``train_seconds``, ``reliable``); warns on stderr when unreliable."""
+    keys = sets["style_keys"]
+    t0 = time.perf_counter()
+    detector = train_subject_detector(sets["shape"], keys, args.detector_n, size, args.seed)
+    check: dict[str, Any] = {"train_seconds": round(time.perf_counter() - t0, 1)}
+    check.update(validate_detector(detector, sets, keys, args.detector_val, args.seed, vae))
+    check["reliable"] = (
+        check["real_subject_recall"] >= RELIABLE_RECALL
+        and check["real_other_false_positive"] <= RELIABLE_FALSE_POSITIVE
+    )
+    if not check["reliable"]:
+        print(
+            f"WARNING: the subject detector is unreliable on real renders ({check}): recall should be "
+            f">= {RELIABLE_RECALL} and false positive <= {RELIABLE_FALSE_POSITIVE}; content accs mean little",
+            file=sys.stderr,
+            flush=True,
+        )
+    return detector, check
+
+
 def train(method: str, sets: dict[str, Any], args: argparse.Namespace, root: Path) -> dict[str, Path]:
     """Adapters of one method: ``{"content": dir, "style": dir}`` (b4m: and ``"fused"``)."""
     dirs = sets["dirs"]
@@ -361,22 +385,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     pipe.set_progress_bar_config(disable=True)
     size = int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
     sets = world_sets(args.seed, args.n_train, size, root / "data")
-    keys = sets["style_keys"]
-    t0 = time.perf_counter()
-    detector = train_subject_detector(sets["shape"], keys, args.detector_n, size, args.seed)
-    check: dict[str, Any] = {"train_seconds": round(time.perf_counter() - t0, 1)}
-    check.update(validate_detector(detector, sets, keys, args.detector_val, args.seed, pipe.vae))
-    check["reliable"] = (
-        check["real_subject_recall"] >= RELIABLE_RECALL
-        and check["real_other_false_positive"] <= RELIABLE_FALSE_POSITIVE
-    )
-    if not check["reliable"]:
-        print(
-            f"WARNING: the subject detector is unreliable on real renders ({check}): recall should be "
-            f">= {RELIABLE_RECALL} and false positive <= {RELIABLE_FALSE_POSITIVE}; content accs mean little",
-            file=sys.stderr,
-            flush=True,
-        )
+    detector, check = checked_detector(sets, args, pipe.vae, size)
     probe = train_probe("content", steps=args.probe_steps, size=size, seed=args.seed)
     report: dict[str, Any] = {
         "benchmark": "lora_quality",

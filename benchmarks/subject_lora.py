@@ -9,7 +9,8 @@ preservation), twice: on the attention projections only (``to_q/to_k/to_v/to_out
 block: what the split methods train) and on those plus every ResNet ``conv1``/``conv2`` (LoCon-style).
 ``--n`` images are generated from the prompt (fixed seeds) with each adapter and with none (``base``);
 ``content_acc`` = share the validated subject detector of ``lora_quality`` flags as the subject,
-``style_score`` as there (0 = the subject images' style A). ``subject_detector`` reports the detector's check.
+``style_score`` as there (0 = the subject images' style A). ``subject_detector`` reports the detector's check
+(``lora_quality.checked_detector``).
 """
 
 from __future__ import annotations
@@ -29,14 +30,7 @@ import torch.nn.functional as F
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from lora_quality import (  # noqa: E402
-    PROMPT,
-    generate,
-    measure,
-    train_subject_detector,
-    validate_detector,
-    world_sets,
-)
+from lora_quality import PROMPT, checked_detector, generate, measure, world_sets  # noqa: E402
 
 ATTENTION = (".to_q", ".to_k", ".to_v", ".to_out.0")
 
@@ -136,13 +130,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             size = int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
             sets = world_sets(args.seed, 4, size, Path(work) / "data")
             if name == "base":
-                detector = train_subject_detector(
-                    sets["shape"], sets["style_keys"], args.detector_n, size, args.seed
-                )
-                check = validate_detector(
-                    detector, sets, sets["style_keys"], args.detector_val, args.seed, pipe.vae
-                )
-                report["subject_detector"] = check
+                detector, report["subject_detector"] = checked_detector(sets, args, pipe.vae, size)
                 probe = train_probe("content", steps=args.probe_steps, size=size, seed=args.seed)
                 row: dict[str, Any] = {}
             else:
