@@ -120,30 +120,31 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     start = time.perf_counter()
     report: dict[str, Any] = {"benchmark": "subject_lora", "model": args.model, "prompt": PROMPT}
     report.update({k: getattr(args, k) for k in ("train_steps", "lr", "rank", "n")})
-    rows: dict[str, Any] = {}
+
+    def fresh_pipe() -> Any:  # the untrained weights, for the base row and for every LoRA
+        pipe = load_pipeline(args.model, kind="text-to-image", dtype=torch.float32)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    pipe = fresh_pipe()
+    size = int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
     with tempfile.TemporaryDirectory(prefix="subject_lora_") as work:
-        for name, convs in (("base", None), ("attention", False), ("attention_convs", True)):
-            pipe = load_pipeline(
-                args.model, kind="text-to-image", dtype=torch.float32
-            )  # fresh weights per row
-            pipe.set_progress_bar_config(disable=True)
-            size = int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
-            sets = world_sets(args.seed, 4, size, Path(work) / "data")
-            if name == "base":
-                detector, report["subject_detector"] = checked_detector(sets, args, pipe.vae, size)
-                probe = train_probe("content", steps=args.probe_steps, size=size, seed=args.seed)
-                row: dict[str, Any] = {}
-            else:
-                t0 = time.perf_counter()
-                targets = lora_targets(pipe.unet, convs)
-                row = {
-                    "modules": len(targets),
-                    "params": train_subject_lora(pipe, sets["subject"], targets, args),
-                }
-                row["train_seconds"] = round(time.perf_counter() - t0, 1)
-            row.update(measure(generate(pipe, None, args), sets, probe, detector))
-            rows[name] = row
-            print(f"{name}: {row}", file=sys.stderr, flush=True)
+        sets = world_sets(args.seed, 4, size, Path(work) / "data")
+    detector, report["subject_detector"] = checked_detector(sets, args, pipe.vae, size)
+    probe = train_probe("content", steps=args.probe_steps, size=size, seed=args.seed)
+    rows: dict[str, Any] = {"base": measure(generate(pipe, None, args), sets, probe, detector)}
+    for name, convs in (("attention", False), ("attention_convs", True)):
+        pipe = fresh_pipe()
+        t0 = time.perf_counter()
+        targets = lora_targets(pipe.unet, convs)
+        row: dict[str, Any] = {
+            "modules": len(targets),
+            "params": train_subject_lora(pipe, sets["subject"], targets, args),
+        }
+        row["train_seconds"] = round(time.perf_counter() - t0, 1)
+        row.update(measure(generate(pipe, None, args), sets, probe, detector))
+        rows[name] = row
+        print(f"{name}: {row}", file=sys.stderr, flush=True)
     report["rows"] = rows
     report["seconds"] = round(time.perf_counter() - start, 1)
     print(json.dumps(report))
