@@ -1,17 +1,18 @@
 """Break-for-Make (B4M) on peft LoRA layers: partly learnable projections and the "make" fusion.
 
-In every LoRA layer (peft: ``lora_A`` = down ``(r, in)``, ``lora_B`` = up ``(out, r)``) the first half of
-the down *columns* and of the up *rows* is frozen. On square ``to_q``/``to_k``/``to_v`` layers the frozen
+In every LoRA layer (peft: ``lora_A`` = down ``(r, in)``, ``lora_B`` = up ``(out, r)``; on a ResNet
+convolution down ``(r, in, kh, kw)`` and up ``(out, r, 1, 1)``) the first half of the down *columns* (input
+channels) and of the up *rows* (output channels) is frozen. On square ``to_q``/``to_k``/``to_v`` layers the frozen
 blocks are an orthogonal basis (as in the official code); elsewhere down is N(0, 1/r) and up is 0. The
 frozen values come from a generator seeded by ``(seed, module name)``, so a content run and a style run
 with the same seed share them exactly, which the make stage relies on.
 
 The frozen half is a real frozen tensor: :func:`split_frozen_halves` replaces each ``lora_A``/``lora_B``
-linear of the peft layer by a :class:`PartlyFrozenLinear`, whose only trainable parameter is the learnable
-half, a view into a full-size weight buffer (gradients and optimizer state are half-size; no per-step copy);
-the forward pass multiplies by the same full-size weight as before.
-:func:`merge_frozen_halves` puts plain full-size ``nn.Linear`` weights back (for saving in the diffusers
-format with peft's own state-dict functions).
+projection of the peft layer by a :class:`PartlyFrozenProjection`, whose only trainable parameter is the
+learnable half, a view into a full-size weight buffer (gradients and optimizer state are half-size; no
+per-step copy); the forward pass applies the same full-size weight as before.
+:func:`merge_frozen_halves` puts plain full-size ``nn.Linear`` / ``nn.Conv2d`` projections back (for saving in
+the diffusers format with peft's own state-dict functions).
 """
 
 from __future__ import annotations
@@ -38,10 +39,10 @@ def lora_layers(unet: torch.nn.Module, adapter: str = "default") -> Iterator[tup
             yield name, module
 
 
-def lora_linears(
+def lora_projections(
     unet: torch.nn.Module, adapter: str = "default"
-) -> Iterator[tuple[str, str, torch.nn.Linear]]:
-    """(module name, ``lora_A``/``lora_B``, the projection's ``nn.Linear``) for every LoRA layer."""
+) -> Iterator[tuple[str, str, torch.nn.Module]]:
+    """(module name, ``lora_A``/``lora_B``, the projection module) for every LoRA layer."""
     for name, layer in lora_layers(unet, adapter):
         for kind in FROZEN_DIM:
             yield name, kind, getattr(layer, kind)[adapter]
@@ -61,18 +62,30 @@ class _JoinedWeight(torch.autograd.Function):
         return grad.narrow(ctx.dim, ctx.size, grad.shape[ctx.dim] - ctx.size), None, None, None
 
 
-class PartlyFrozenLinear(torch.nn.Module):
-    """A bias-free linear whose weight's leading ``size`` entries along ``dim`` are frozen.
+class PartlyFrozenProjection(torch.nn.Module):
+    """A bias-free linear or 2-D convolution whose weight's leading ``size`` entries along ``dim`` are frozen.
 
     ``full`` (a buffer) holds the whole weight; ``learnable``, the only parameter, is a view of its trailing
     block (same storage: optimizer updates land in ``full`` in place), so gradients and optimizer state
-    cover only the learnable block while the forward pass multiplies by the same full-size tensor.
+    cover only the learnable block while the forward pass applies the same full-size tensor.
+
+    Args:
+        layer: the ``nn.Linear`` or ``nn.Conv2d`` (no bias) it replaces; its weight storage is taken over.
+        dim, size: the frozen block is ``weight.narrow(dim, 0, size)``.
     """
 
-    def __init__(self, weight: torch.Tensor, dim: int, size: int) -> None:
+    def __init__(self, layer: torch.nn.Linear | torch.nn.Conv2d, dim: int, size: int) -> None:
         super().__init__()
+        if layer.bias is not None or not isinstance(layer, (torch.nn.Linear, torch.nn.Conv2d)):
+            raise ValueError(f"B4M: expected a bias-free Linear or Conv2d, got {layer}")
         self.dim, self.size = dim, size
-        self.register_buffer("full", weight.detach())  # takes over the replaced linear's storage
+        self.conv: dict[str, Any] | None = (
+            {k: getattr(layer, k) for k in ("stride", "padding", "dilation", "groups")}
+            if isinstance(layer, torch.nn.Conv2d)
+            else None
+        )
+        weight = layer.weight
+        self.register_buffer("full", weight.detach())  # takes over the replaced layer's storage
         self.learnable = torch.nn.Parameter(self.full.narrow(dim, size, weight.shape[dim] - size))
 
     @property
@@ -86,9 +99,30 @@ class PartlyFrozenLinear(torch.nn.Module):
         return _JoinedWeight.apply(self.learnable, self.full, self.dim, self.size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.linear(x, self.weight)
+        if self.conv is None:
+            return torch.nn.functional.linear(x, self.weight)
+        return torch.nn.functional.conv2d(x, self.weight, None, **self.conv)
 
-    def _apply(self, fn: Any, recurse: bool = True) -> PartlyFrozenLinear:
+    def to_plain(self) -> torch.nn.Module:
+        """A plain ``nn.Linear`` / ``nn.Conv2d`` holding a copy of the current full-size weight."""
+        weight = self.full.detach().clone()
+        if self.conv is None:
+            layer: torch.nn.Module = torch.nn.utils.skip_init(
+                torch.nn.Linear, weight.shape[1], weight.shape[0], bias=False
+            )
+        else:
+            layer = torch.nn.utils.skip_init(
+                torch.nn.Conv2d,
+                weight.shape[1] * self.conv["groups"],
+                weight.shape[0],
+                tuple(weight.shape[2:]),
+                bias=False,
+                **self.conv,
+            )
+        layer.weight = torch.nn.Parameter(weight, requires_grad=True)
+        return layer
+
+    def _apply(self, fn: Any, recurse: bool = True) -> PartlyFrozenProjection:
         # ``.to()`` / ``.double()`` replace ``full`` and ``learnable`` separately: make the parameter (same
         # object, so an optimizer built later still holds it) a view of the moved buffer again.
         super()._apply(fn, recurse)
@@ -100,32 +134,32 @@ class PartlyFrozenLinear(torch.nn.Module):
 
 def is_split(linear: torch.nn.Module) -> bool:
     """Whether a LoRA projection is split into a frozen and a learnable block."""
-    return isinstance(linear, PartlyFrozenLinear)
+    return isinstance(linear, PartlyFrozenProjection)
 
 
 def learnable_parameter(linear: torch.nn.Module) -> torch.nn.Parameter:
     """The trainable tensor of a LoRA projection: the learnable block when split, else the whole weight."""
-    return linear.learnable if isinstance(linear, PartlyFrozenLinear) else linear.weight  # type: ignore[return-value]
+    return linear.learnable if isinstance(linear, PartlyFrozenProjection) else linear.weight  # type: ignore[return-value]
 
 
 @torch.no_grad()
 def set_full_weight(linear: torch.nn.Module, value: torch.Tensor) -> None:
     """Write a full-size weight into a LoRA projection (both blocks when split)."""
-    target = linear.full if isinstance(linear, PartlyFrozenLinear) else linear.weight
+    target = linear.full if isinstance(linear, PartlyFrozenProjection) else linear.weight
     target.copy_(value.to(target.dtype))  # type: ignore[union-attr]
 
 
 def split_frozen_halves(unet: torch.nn.Module, adapter: str = "default") -> int:
-    """Replace every LoRA projection of ``adapter`` by a :class:`PartlyFrozenLinear` (frozen leading half);
+    """Replace every LoRA projection of ``adapter`` by a :class:`PartlyFrozenProjection` (frozen leading half);
     returns the number of frozen entries. Call after the final values are in place (init, make-stage load)
     and before building the optimizer."""
     frozen = 0
     for name, layer in list(lora_layers(unet, adapter)):
         for kind, dim in FROZEN_DIM.items():
-            linear = getattr(layer, kind)[adapter]
-            if not isinstance(linear, torch.nn.Linear) or linear.bias is not None:
-                raise ValueError(f"B4M: {name}.{kind} is not a bias-free linear LoRA projection")
-            split = PartlyFrozenLinear(linear.weight, dim, linear.weight.shape[dim] // 2)
+            projection = getattr(layer, kind)[adapter]
+            if not isinstance(projection, (torch.nn.Linear, torch.nn.Conv2d)) or projection.bias is not None:
+                raise ValueError(f"B4M: {name}.{kind} is not a bias-free Linear/Conv2d LoRA projection")
+            split = PartlyFrozenProjection(projection, dim, projection.weight.shape[dim] // 2)
             getattr(layer, kind)[adapter] = split
             frozen += split.frozen.numel()
     if not frozen:
@@ -135,17 +169,13 @@ def split_frozen_halves(unet: torch.nn.Module, adapter: str = "default") -> int:
 
 @torch.no_grad()
 def merge_frozen_halves(unet: torch.nn.Module, adapter: str = "default") -> None:
-    """Undo :func:`split_frozen_halves`: plain full-size peft ``nn.Linear`` weights with the current values."""
+    """Undo :func:`split_frozen_halves`: plain full-size peft ``nn.Linear`` / ``nn.Conv2d`` projections with
+    the current values."""
     for _, layer in list(lora_layers(unet, adapter)):
         for kind in FROZEN_DIM:
             split = getattr(layer, kind)[adapter]
-            if isinstance(split, PartlyFrozenLinear):
-                weight = split.full
-                linear = torch.nn.utils.skip_init(
-                    torch.nn.Linear, weight.shape[1], weight.shape[0], bias=False
-                )
-                linear.weight = torch.nn.Parameter(weight.detach().clone(), requires_grad=True)
-                getattr(layer, kind)[adapter] = linear
+            if isinstance(split, PartlyFrozenProjection):
+                getattr(layer, kind)[adapter] = split.to_plain()
 
 
 @torch.no_grad()
@@ -153,20 +183,21 @@ def init_partly_learnable(unet: torch.nn.Module, seed: int, adapter: str = "defa
     """Initialise every LoRA layer of ``adapter`` for B4M (values only; :func:`split_frozen_halves` freezes).
 
     Down ``(r, in)``: columns ``[:in // 2]`` frozen, ``[in // 2:]`` learnable (N(0, 1/r)). Up ``(out, r)``:
-    rows ``[:out // 2]`` frozen, ``[out // 2:]`` learnable (0). Square q/k/v layers: the frozen blocks are
-    disjoint row subsets of one orthogonal ``(2 * max(in, out), r)`` matrix.
+    rows ``[:out // 2]`` frozen, ``[out // 2:]`` learnable (0). Convolutions alike along their input / output
+    channels. Square q/k/v layers: the frozen blocks are disjoint row subsets of one orthogonal
+    ``(2 * max(in, out), r)`` matrix.
     """
     found = False
     for name, layer in lora_layers(unet, adapter):
         down = layer.lora_A[adapter].weight
         up = layer.lora_B[adapter].weight
-        rank, fan_in = down.shape
+        rank, fan_in = down.shape[:2]
         fan_out = up.shape[0]
         generator = torch.Generator().manual_seed(_module_seed(seed, name))
-        new_down = torch.randn(rank, fan_in, generator=generator) / rank**0.5
-        new_up = torch.zeros(fan_out, rank)
+        new_down = torch.randn(down.shape, generator=generator) / rank**0.5
+        new_up = torch.zeros(up.shape)
         h_in, h_out = fan_in // 2, fan_out // 2
-        if fan_in == fan_out and name.endswith(ORTH_PROJECTIONS):
+        if down.ndim == 2 and fan_in == fan_out and name.endswith(ORTH_PROJECTIONS):
             basis = torch.empty(2 * max(fan_in, fan_out), rank)
             torch.nn.init.orthogonal_(basis, generator=generator)
             order = torch.randperm(basis.shape[0], generator=generator)

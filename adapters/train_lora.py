@@ -86,13 +86,16 @@ class TrainLoRAConfig:
     )
     # blocks
     content_blocks: list[str] | None = _help(
-        "blora: content attention blocks (default: the architecture's split)", default=None
+        "blora: content blocks: attention blocks and/or ResNets, '*' patterns allowed "
+        "(default: the architecture's split)",
+        default=None,
     )
     style_blocks: list[str] | None = _help(
-        "blora: style attention blocks (default: the architecture's split)", default=None
+        "blora: style blocks, as --content_blocks (default: the architecture's split)", default=None
     )
     lora_blocks: list[str] | None = _help(
-        "b4m/dreambooth: blocks to train (default: every attention block)", default=None
+        "b4m/dreambooth: blocks to train, as --content_blocks (default: every attention block)",
+        default=None,
     )
     adapter_role: str = _help(
         "dreambooth: name of the written adapter folder (style or content)", default="style"
@@ -418,18 +421,19 @@ def lora_parameters(unet: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
 
 def lora_weights(unet: torch.nn.Module, adapter: str = "default") -> dict[str, torch.Tensor]:
     """Every full-size LoRA weight by parameter name (``...lora_A.default.weight``), B4M halves joined."""
-    from .lora_b4m import lora_linears
+    from .lora_b4m import lora_projections
 
     return {
-        f"{name}.{kind}.{adapter}.weight": linear.weight for name, kind, linear in lora_linears(unet, adapter)
+        f"{name}.{kind}.{adapter}.weight": linear.weight
+        for name, kind, linear in lora_projections(unet, adapter)
     }
 
 
 def set_lora_weights(unet: torch.nn.Module, state: dict[str, torch.Tensor], adapter: str = "default") -> None:
     """Write full-size LoRA weights (names as :func:`lora_weights`) into the UNet (B4M: both halves)."""
-    from .lora_b4m import lora_linears, set_full_weight
+    from .lora_b4m import lora_projections, set_full_weight
 
-    for name, kind, linear in lora_linears(unet, adapter):
+    for name, kind, linear in lora_projections(unet, adapter):
         set_full_weight(linear, state[f"{name}.{kind}.{adapter}.weight"])
 
 

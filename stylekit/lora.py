@@ -1,14 +1,17 @@
 """LoRA blocks, targeting and files: the shared vocabulary of the split trainers and ``LoRAStyle``.
 
-A *block* is a UNet attention block named as diffusers names modules (``up_blocks.0.attentions.1``,
-``mid_block.attentions.0``). A LoRA targets the attention projections (``to_q``, ``to_k``, ``to_v``,
-``to_out.0`` of ``attn1`` and ``attn2``) of the blocks its role owns. Files are the diffusers LoRA format
-(``pytorch_lora_weights.safetensors``, keys ``unet.<module>.lora.down.weight`` / ``lora.up.weight``), read
-by stock ``pipe.load_lora_weights``; ``save_kohya`` writes the A1111/ComfyUI key layout with ``.alpha``.
+A *block* is a UNet attention block or ResNet, named as diffusers names modules (``up_blocks.0.attentions.1``,
+``mid_block.attentions.0``, ``up_blocks.1.resnets.0``). A LoRA targets the attention projections (``to_q``,
+``to_k``, ``to_v``, ``to_out.0`` of ``attn1`` and ``attn2``) of the attention blocks its role owns and the
+``conv1``/``conv2`` convolutions of its ResNets (LoCon-style). Files are the diffusers LoRA format
+(``pytorch_lora_weights.safetensors``, keys ``unet.<module>.lora.down.weight`` / ``lora.up.weight``;
+convolutions keep peft's ``lora_A``/``lora_B`` names, as diffusers writes them), read by stock
+``pipe.load_lora_weights``; ``save_adapter(kohya=True)`` also writes the A1111/ComfyUI layout with ``.alpha``.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import re
@@ -23,6 +26,7 @@ LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 KOHYA_WEIGHT_NAME = "pytorch_lora_weights_kohya.safetensors"
 INFO_NAME = "adapter_info.json"
 PROJECTIONS = ("to_q", "to_k", "to_v", "to_out.0")
+CONVOLUTIONS = ("conv1", "conv2")
 ROLES = ("content", "style")
 
 # Content / style blocks of the B-LoRA split per architecture. SDXL: the B-LoRA paper's blocks. SD 1.x / mini:
@@ -37,9 +41,7 @@ BLORA_BLOCKS: dict[str, dict[str, tuple[str, ...]]] = {
     },
 }
 
-_BLOCK_RE = re.compile(
-    r"^(down_blocks\.\d+\.attentions\.\d+|up_blocks\.\d+\.attentions\.\d+|mid_block\.attentions\.\d+)"
-)
+_BLOCK_RE = re.compile(r"^((?:down_blocks\.\d+|up_blocks\.\d+|mid_block)\.(?:attentions|resnets)\.\d+)")
 
 
 def architecture_of(unet: Any) -> str:
@@ -56,38 +58,62 @@ def attention_blocks(unet: Any) -> list[str]:
     ]
 
 
+def lora_blocks(unet: Any) -> list[str]:
+    """Names of every block a LoRA can target: attention blocks and ResNets, in module order."""
+    return [
+        name
+        for name, module in unet.named_modules()
+        if _BLOCK_RE.fullmatch(name)
+        and (hasattr(module, "transformer_blocks") or all(hasattr(module, c) for c in CONVOLUTIONS))
+    ]
+
+
 def check_blocks(unet: Any, blocks: Iterable[str], argument: str = "blocks") -> tuple[str, ...]:
-    """Validate block names against the UNet.
+    """Validate block names (attention blocks or ResNets) against the UNet and expand ``*`` patterns
+    (``up_blocks.*.resnets.*``: every decoder ResNet, in module order); repeats are dropped.
 
     Raises:
-        ValueError: a name is not one of the UNet's attention blocks (the message lists them).
+        ValueError: a name (or pattern) matches none of the UNet's blocks (the message lists them).
     """
     blocks = tuple(blocks)
     if not blocks:
-        raise ValueError(f"{argument}: expected at least one attention block name")
-    known = attention_blocks(unet)
-    unknown = [b for b in blocks if b not in known]
-    if unknown:
-        raise ValueError(f"{argument}: the UNet has no attention block {unknown[0]!r}; it has {known}")
-    return blocks
+        raise ValueError(f"{argument}: expected at least one block name")
+    known = lora_blocks(unet)
+    out: list[str] = []
+    for block in blocks:
+        matches = fnmatch.filter(known, block) if "*" in block else [b for b in known if b == block]
+        if not matches:
+            raise ValueError(
+                f"{argument}: the UNet has no attention block or ResNet {block!r}; it has {known}"
+            )
+        out += [m for m in matches if m not in out]
+    return tuple(out)
 
 
 def target_modules(unet: Any, blocks: Iterable[str], projections: Sequence[str] = PROJECTIONS) -> list[str]:
-    """Full module names of the attention projections inside ``blocks`` (validated), for ``LoraConfig``."""
+    """Full module names a LoRA on ``blocks`` (validated) targets, for ``LoraConfig``: the attention
+    projections of attention blocks, ``conv1``/``conv2`` of ResNets."""
     prefixes = tuple(f"{b}." for b in check_blocks(unet, blocks))
-    suffixes = tuple(f".{p}" for p in projections)
+    linear_suffixes = tuple(f".{p}" for p in projections)
+    conv_suffixes = tuple(f".{c}" for c in CONVOLUTIONS)
     return sorted(
         name
         for name, module in unet.named_modules()
         if name.startswith(prefixes)
-        and name.endswith(suffixes)
-        and isinstance(module, torch.nn.Linear)
-        and (".attn1." in name or ".attn2." in name)
+        and (
+            (
+                isinstance(module, torch.nn.Linear)
+                and name.endswith(linear_suffixes)
+                and (".attn1." in name or ".attn2." in name)
+            )
+            or (isinstance(module, torch.nn.Conv2d) and ".resnets." in name and name.endswith(conv_suffixes))
+        )
     )
 
 
 def block_of(key: str) -> str | None:
-    """The attention block a state-dict key / module name lies in (``unet.`` prefix allowed), else None."""
+    """The block (attention block or ResNet) a state-dict key / module name lies in (``unet.`` prefix
+    allowed), else None."""
     match = _BLOCK_RE.match(key.removeprefix("unet."))
     return match.group(1) if match else None
 
@@ -127,7 +153,7 @@ def read_lora(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def check_lora_fits(unet: Any, path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a LoRA file and check that every tensor matches a projection of ``unet`` in shape.
+    """Read a LoRA file and check that every tensor matches a projection or convolution of ``unet`` in shape.
 
     Returns:
         The state dict (diffusers keys).
@@ -153,19 +179,31 @@ def check_lora_fits(unet: Any, path: str | Path) -> dict[str, torch.Tensor]:
                 break
         name = name.replace(".lora_A", "").replace(".lora_B", "")
         module = modules.get(name)
-        if not isinstance(module, torch.nn.Linear):
+        if not isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
             raise ValueError(
                 f"LoRA {path}: was trained for another architecture: key {key!r} names module {name!r}, which "
                 f"this UNet ({architecture_of(unet).upper()}, blocks {attention_blocks(unet)[:3]}...) lacks"
             )
         tensor = state[key]
+        if tensor.ndim <= 1:  # .alpha
+            continue
         down = ".down." in key or ".lora_A" in key
-        expected = module.in_features if down else module.out_features
-        got = tensor.shape[1] if down else tensor.shape[0]
-        if tensor.ndim == 2 and got != expected:
+        if isinstance(module, torch.nn.Linear):
+            fits = tensor.ndim == 2 and tensor.shape[1 if down else 0] == (
+                module.in_features if down else module.out_features
+            )
+            kind = f"Linear({module.in_features}, {module.out_features})"
+        else:  # down: (r, in, kh, kw); up: (out, r, 1, 1)
+            fits = tensor.ndim == 4 and (
+                tensor.shape[1] == module.in_channels and tuple(tensor.shape[2:]) == tuple(module.kernel_size)
+                if down
+                else tensor.shape[0] == module.out_channels
+            )
+            kind = f"Conv2d({module.in_channels}, {module.out_channels}, kernel {tuple(module.kernel_size)})"
+        if not fits:
             raise ValueError(
                 f"LoRA {path}: was trained for another architecture: {key!r} has shape {tuple(tensor.shape)}, "
-                f"but {name} is Linear({module.in_features}, {module.out_features})"
+                f"but {name} is {kind}"
             )
     return state
 

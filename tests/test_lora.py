@@ -128,7 +128,7 @@ def test_saved_adapter_loads_in_stock_diffusers_and_changes_only_its_blocks(mini
     info = json.loads((out / role / "adapter_info.json").read_text())
     blocks = set(info["blocks"])
     keys = load_file(str(out / role / LORA_WEIGHT_NAME)).keys()
-    assert keys and all(k.startswith("unet.") and ".lora." in k for k in keys)
+    assert keys and all(k.startswith("unet.") and (".lora." in k or ".lora_" in k) for k in keys)
     assert {block_of(k) for k in keys} == blocks  # a content file holds no style block and vice versa
 
     pipe = StableDiffusionPipeline.from_pretrained(MINI_PATH, torch_dtype=torch.float32)
@@ -310,7 +310,7 @@ def test_bad_data_and_blocks_are_refused_before_model_work(tmp_path, world_dirs,
     with pytest.raises(ValueError, match="bad.png"):
         run(tiny_config(tmp_path, broken))
     monkeypatch.undo()
-    with pytest.raises(ValueError, match="no attention block 'up_blocks.9.attentions.0'"):
+    with pytest.raises(ValueError, match="no attention block or ResNet 'up_blocks.9.attentions.0'"):
         run(tiny_config(tmp_path, world_dirs["style"], content_blocks=["up_blocks.9.attentions.0"]))
 
 
@@ -422,3 +422,25 @@ def test_style_contrastive_loss_is_trained_and_logged(world_dirs, tmp_path):
         )
     )
     assert all(np.isfinite(h["loss_style"]) and h["loss_style"] > 0 for h in summary["history"])
+
+
+def test_blocks_are_attention_blocks_or_resnets_and_patterns_expand():
+    from stylekit import load_pipeline
+    from stylekit.lora import check_blocks, target_modules
+
+    unet = load_pipeline("tiny-sd").unet
+    decoder_resnets = check_blocks(unet, ["up_blocks.*.resnets.*", "up_blocks.0.resnets.1"])
+    assert decoder_resnets == tuple(
+        f"up_blocks.{level}.resnets.{i}" for level in range(4) for i in range(3)
+    )  # module order, the repeated name dropped
+    modules = target_modules(unet, ["up_blocks.1.attentions.0", "up_blocks.1.resnets.0"])
+    kinds = {name: type(unet.get_submodule(name)) for name in modules}
+    assert sum(kind is torch.nn.Linear for kind in kinds.values()) == 8  # q, k, v, out of attn1 and attn2
+    assert {n for n, kind in kinds.items() if kind is torch.nn.Conv2d} == {
+        "up_blocks.1.resnets.0.conv1",
+        "up_blocks.1.resnets.0.conv2",
+    }
+    assert {block_of(n) for n in modules} == {"up_blocks.1.attentions.0", "up_blocks.1.resnets.0"}
+    for bad in (["up_blocks.9.resnets.*"], ["up_blocks.1.resnets.7"], []):
+        with pytest.raises(ValueError, match="attention block or ResNet|at least one"):
+            check_blocks(unet, bad, "--content_blocks")

@@ -16,11 +16,12 @@ from stylekit.adapters.lora_data import bucket_sizes, load_image_set, nearest_bu
 from stylekit.adapters.train_lora import TrainLoRAConfig, lora_weights, run
 from stylekit.data import style_set
 
-BLOCK = "up_blocks.3.attentions.0"
+DIFFUSERS_LORA_SUFFIXES = (".lora.down.weight", ".lora.up.weight", ".lora_A.weight", ".lora_B.weight")
+BLOCKS = ("up_blocks.3.attentions.0", "up_blocks.3.resnets.0")  # linear and convolution LoRA layers
 
 
 def b4m_unet(seed: int = 0) -> torch.nn.Module:
-    """A fresh tiny-sd UNet with a rank-2 peft LoRA on one block, initialised for B4M."""
+    """A fresh tiny-sd UNet with a rank-2 peft LoRA on an attention block and a ResNet, initialised for B4M."""
     from peft import LoraConfig
 
     from stylekit import load_pipeline
@@ -29,7 +30,7 @@ def b4m_unet(seed: int = 0) -> torch.nn.Module:
     unet = load_pipeline("tiny-sd").unet
     unet.requires_grad_(False)
     config = LoraConfig(
-        r=2, lora_alpha=2, init_lora_weights="gaussian", target_modules=target_modules(unet, [BLOCK])
+        r=2, lora_alpha=2, init_lora_weights="gaussian", target_modules=target_modules(unet, BLOCKS)
     )
     torch.manual_seed(seed)
     unet.add_adapter(config)
@@ -61,7 +62,7 @@ def test_b4m_split_trains_only_half_size_tensors_like_the_masked_full_ones():
     frozen_count = lora_b4m.split_frozen_halves(split)
     trainable = [p for p in split.parameters() if p.requires_grad]
     assert sum(p.numel() for p in trainable) == frozen_count == sum(p.numel() for p in full.values()) // 2
-    for _, _, linear in lora_b4m.lora_linears(split):
+    for _, _, linear in lora_b4m.lora_projections(split):
         assert not linear.full.requires_grad and "full" in dict(linear.named_buffers())
         assert not linear.frozen.requires_grad
         assert linear.weight.shape[linear.dim] == 2 * lora_b4m.learnable_parameter(linear).shape[linear.dim]
@@ -119,7 +120,7 @@ def test_b4m_run_reports_half_trainable_and_writes_full_size_files(tmp_path):
             rank=2,
             max_train_steps=2,
             checkpointing_steps=0,
-            lora_blocks=[BLOCK],
+            lora_blocks=list(BLOCKS),
         )
     )
     summary = json.loads((out / "train_summary.json").read_text())
@@ -128,7 +129,9 @@ def test_b4m_run_reports_half_trainable_and_writes_full_size_files(tmp_path):
 
     saved = load_file(str(out / "content" / "pytorch_lora_weights.safetensors"))
     assert sum(v.numel() for v in saved.values()) == 2 * summary["trainable_params"]
-    assert all(k.startswith("unet.") and (".lora.down." in k or ".lora.up." in k) for k in saved)
+    # diffusers names attention LoRAs lora.down/lora.up and keeps peft's lora_A/lora_B on convolutions
+    assert all(k.startswith("unet.") and k.endswith(DIFFUSERS_LORA_SUFFIXES) for k in saved)
+    assert any(".resnets.0.conv1.lora_A." in k for k in saved) and any(".to_q.lora.down." in k for k in saved)
 
 
 # ------------------------------------------------------------------------------------------ buckets
@@ -187,7 +190,7 @@ def test_aspect_buckets_give_one_shape_per_batch(tmp_path, monkeypatch):
             train_batch_size=2,
             max_train_steps=4,
             checkpointing_steps=0,
-            lora_blocks=[BLOCK],
+            lora_blocks=list(BLOCKS),
         )
     )
     summary = json.loads((out / "train_summary.json").read_text())
@@ -234,7 +237,7 @@ def test_b4m_resume_reproduces_uninterrupted_run_exactly(tmp_path):
             checkpointing_steps=2,
             learning_rate=1e-2,
             learning_rate_2=1e-3,
-            lora_blocks=[BLOCK],
+            lora_blocks=list(BLOCKS),
             **extra,
         )
 
@@ -250,7 +253,7 @@ def test_b4m_resume_reproduces_uninterrupted_run_exactly(tmp_path):
 def test_partly_frozen_linear_stays_linked_after_a_move():
     """After ``.double()`` (or ``.to(device)``) the learnable block is still a view of the full weight, so
     optimizer updates reach the forward pass; the frozen block is unchanged."""
-    layer = lora_b4m.PartlyFrozenLinear(torch.randn(4, 6), dim=1, size=3)
+    layer = lora_b4m.PartlyFrozenProjection(torch.nn.Linear(6, 4, bias=False), dim=1, size=3)
     parameter = layer.learnable
     layer.double()
     assert layer.learnable is parameter and layer.full.dtype == torch.float64

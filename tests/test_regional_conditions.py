@@ -21,11 +21,13 @@ from stylekit.tokens import AdapterCompatibilityError, StyleTokenAdapter
 
 SIZE = 64
 PROJECTIONS = ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0", "attn2.to_q", "attn2.to_out.0")
+CONVOLUTIONS = ("resnets.0.conv1", "resnets.1.conv2")
 
 
 def write_lora(path: Path, unet, seed: int, std: float = 0.3, wrong_width: bool = False) -> Path:
-    """A random rank-2 LoRA in the diffusers file format on the attention projections of ``unet``
-    (``wrong_width``: input widths doubled, as a LoRA for another architecture would have)."""
+    """A random rank-2 LoRA in the diffusers file format on the attention projections and the ResNet
+    convolutions of ``unet`` (``wrong_width``: input widths doubled, as a LoRA for another architecture
+    would have)."""
     generator = torch.Generator().manual_seed(seed)
     state = {}
     for name, module in unet.named_modules():
@@ -34,6 +36,13 @@ def write_lora(path: Path, unet, seed: int, std: float = 0.3, wrong_width: bool 
             state[f"unet.{name}.lora.down.weight"] = torch.randn(2, width, generator=generator) * std
             state[f"unet.{name}.lora.up.weight"] = (
                 torch.randn(module.out_features, 2, generator=generator) * std
+            )
+        elif isinstance(module, torch.nn.Conv2d) and name.endswith(CONVOLUTIONS):
+            width = module.in_channels * (2 if wrong_width else 1)
+            down = torch.randn(2, width, *module.kernel_size, generator=generator) * std / 3
+            state[f"unet.{name}.lora_A.weight"] = down  # diffusers keeps peft's names on convolutions
+            state[f"unet.{name}.lora_B.weight"] = (
+                torch.randn(module.out_channels, 2, 1, 1, generator=generator) * std
             )
     path.mkdir(parents=True, exist_ok=True)
     save_file(state, str(path / "pytorch_lora_weights.safetensors"))
@@ -118,6 +127,8 @@ def test_mixed_adapter_batch_equals_separate_forwards(tiny_sd, loras):
     with adapters.attach(tiny_sd):
         mixed = eps(sample.expand(3, -1, -1, -1))  # 1 prepended row (no adapter) + the call's 2 rows
         assert adapters._names == [BASE_ADAPTER, f"{REGION_LORA_PREFIX}0", f"{REGION_LORA_PREFIX}1"]
+        conv = unet.get_submodule("up_blocks.1.resnets.0.conv1")  # convolutions are routed per row too
+        assert f"{REGION_LORA_PREFIX}1" in getattr(conv, "lora_A", {})
     base = eps(sample)
     singles = []
     for name in ("a", "b"):
