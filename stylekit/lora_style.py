@@ -57,7 +57,9 @@ class LoRAStyle(ConditionerBase):
         content, style: adapter folders (``pytorch_lora_weights.safetensors`` inside) or files; either may
             be None.
         content_weight, style_weight: a number, or a diffusers per-block dict (``{"down": ..., "mid": ...,
-            "up": {"block_1": [w0, w1]}}``).
+            "up": {"block_1": [w0, w1]}}``). ResNet (LoCon) layers take the weight of the attention block of
+            the same level and index (diffusers' rule), the mid block's ResNets the ``"mid"`` weight; ResNets
+            of levels without attention blocks (SD's ``up_blocks.0``) have no key and stay at 1.0.
         fuse: fuse the weighted adapters into the UNet for the call (faster sampling; base weights are
             restored exactly afterwards).
         adapters: more adapters, ``name -> path`` or ``name -> (path, weight)``.
@@ -217,6 +219,7 @@ class LoRAStyle(ConditionerBase):
             _component_weight(s.weight) if self._active[s.name] else 0.0 for s in self.specs
         ]
         pipe.set_adapters(names, adapter_weights=weights)
+        _weight_mid_resnets(pipe.unet, dict(zip(names, weights, strict=True)))
         # adapters the pipeline already had keep their own (possibly per-block) scales
         for name, module in pipe.unet.named_modules():
             if name in snapshot and hasattr(module, "scaling"):
@@ -257,6 +260,19 @@ def _component_weight(weight: Weight) -> Weight:
     if isinstance(weight, Mapping) and not {"unet", "text_encoder", "text_encoder_2"} & set(weight):
         return {"unet": dict(weight)}
     return weight
+
+
+def _weight_mid_resnets(unet: Any, weights: Mapping[str, Weight]) -> None:
+    """Per-block dicts: give the mid block's ResNet LoRA layers the ``"mid"`` weight. diffusers weights a
+    ResNet layer like the attention block of the same level and index, which the mid block's ResNets do not
+    match (they would stay at 1.0)."""
+    for adapter, weight in weights.items():
+        unet_weight = weight.get("unet", weight) if isinstance(weight, Mapping) else None
+        if not isinstance(unet_weight, Mapping) or "mid" not in unet_weight:
+            continue
+        for name, module in unet.named_modules():
+            if name.startswith("mid_block.resnets.") and adapter in getattr(module, "lora_A", {}):
+                module.set_scale(adapter, float(unet_weight["mid"]))
 
 
 def _unwrap_new_layers(unet: Any, wrapped_before: set[str]) -> None:

@@ -69,7 +69,12 @@ def write_wider_lora(source: Path, target: Path) -> Path:
     state = load_file(str(Path(source) / name))
     Path(target).mkdir(parents=True, exist_ok=True)
     save_file(
-        {k: torch.zeros(v.shape[0], v.shape[1] + 3) if ".down." in k else v for k, v in state.items()},
+        {
+            k: torch.zeros(v.shape[0], v.shape[1] + 3, *v.shape[2:])
+            if ".down." in k or ".lora_A." in k
+            else v
+            for k, v in state.items()
+        },
         str(Path(target) / name),
     )
     return Path(target)

@@ -93,6 +93,27 @@ def test_zero_weights_equal_no_lora_and_per_block_weights_apply(tiny_sd, images,
     assert np.abs(stylize(tiny_sd, images, [on]) - plain).max() > 0
 
 
+def test_mid_weight_reaches_the_mid_block_resnets(tiny_sd, images, tmp_path):
+    """A LoCon adapter on the mid block's ResNets only: {"mid": 0} switches it off (diffusers alone would
+    leave those layers at 1.0), {"mid": 1} does not."""
+    from safetensors.torch import save_file
+
+    generator = torch.Generator().manual_seed(0)
+    state = {}
+    for name in ("mid_block.resnets.0.conv1", "mid_block.resnets.1.conv2"):
+        conv = tiny_sd.unet.get_submodule(name)
+        state[f"unet.{name}.lora_A.weight"] = (
+            torch.randn(2, conv.in_channels, 3, 3, generator=generator) * 0.1
+        )
+        state[f"unet.{name}.lora_B.weight"] = torch.randn(conv.out_channels, 2, 1, 1, generator=generator)
+    save_file(state, str(tmp_path / "pytorch_lora_weights.safetensors"))
+    plain = stylize(tiny_sd, images)
+    off = LoRAStyle(style=tmp_path, style_weight={"mid": 0.0})
+    np.testing.assert_allclose(stylize(tiny_sd, images, [off]), plain, atol=1e-6)
+    on = LoRAStyle(style=tmp_path, style_weight={"mid": 1.0})
+    assert np.abs(stylize(tiny_sd, images, [on]) - plain).max() > 1e-3
+
+
 def test_restored_after_a_failing_call(tiny_sd, images, adapters):
     before = snapshot(tiny_sd)
 
