@@ -2,7 +2,8 @@
 
 Usage: ``python benchmarks/lora_quality.py [--model mini] [--methods blora,b4m] [--train-steps 200] [--rank 8]
 [--lr 1e-2] [--n 16] [--steps 20] [--guidance 4.0] [--probe-steps 300] [--detector-n 600] [--detector-val 400]
-[--content-blocks B,..] [--style-blocks B,..] [--seed 0] [--work DIR]``
+[--content-blocks B,..] [--style-blocks B,..] [--lora-blocks B,..] [--seed 0] [--work DIR]``
+(block lists: attention blocks, ResNets and ``*`` patterns, as the trainer's flags)
 
 1. A *subject* (one shape, lone object, one style A, ``--n-train`` images) and a *style* (a composite style B
    from the held-out part of the world's ``style`` split, so mini never saw it; varied contents) are rendered.
@@ -285,7 +286,13 @@ def train(method: str, sets: dict[str, Any], args: argparse.Namespace, root: Pat
             "subject_style": root / "c" / "style",  # the subject B-LoRA's other half
         }
     out = root / "b4m"
-    b4m = dict(method="b4m", output_dir=str(out), learning_rate_2=args.lr / 10, **common)
+    b4m = dict(
+        method="b4m",
+        output_dir=str(out),
+        learning_rate_2=args.lr / 10,
+        lora_blocks=_blocks(args.lora_blocks),
+        **common,
+    )
     content_prompt, style_prompt = PROMPTS["b4m"]["content_only"], PROMPTS["b4m"]["style_only"]
     run(
         TrainLoRAConfig(
@@ -374,6 +381,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--style-blocks", default="", help="blora: comma-separated style blocks (default: the preset)"
     )
+    parser.add_argument(
+        "--lora-blocks", default="", help="b4m: comma-separated blocks (default: every attention block)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--work", default=None, help="folder for data and adapters (default: a temp folder)")
@@ -397,6 +407,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "rank": args.rank,
         "lr": args.lr,
         "blora_blocks": {"content": args.content_blocks or "preset", "style": args.style_blocks or "preset"},
+        "b4m_blocks": args.lora_blocks or "every attention block",
         "n": args.n,
         "subject_detector": check,
     }
