@@ -2,7 +2,8 @@
 
 Usage: ``python benchmarks/lora_quality.py [--model mini] [--methods blora,b4m] [--train-steps 200] [--rank 8]
 [--lr 1e-2] [--n 16] [--steps 20] [--guidance 4.0] [--probe-steps 300] [--detector-n 600] [--detector-val 400]
-[--content-blocks B,..] [--style-blocks B,..] [--lora-blocks B,..] [--seed 0] [--work DIR]``
+[--content-blocks B,..] [--style-blocks B,..] [--style-content-blocks B,..] [--style-lr LR]
+[--style-train-steps N] [--lora-blocks B,..] [--seed 0] [--work DIR]``
 (block lists: attention blocks, ResNets and ``*`` patterns, as the trainer's flags)
 
 1. A *subject* (one shape, lone object, one style A, ``--n-train`` images) and a *style* (a composite style B
@@ -265,19 +266,25 @@ def train(method: str, sets: dict[str, Any], args: argparse.Namespace, root: Pat
         train_batch_size=2,
     )
     if method == "blora":
-        split = {
-            "content_blocks": _blocks(args.content_blocks),
-            "style_blocks": _blocks(args.style_blocks),
+        runs = {  # (image set, content blocks, lr, steps) of the subject's and the style's B-LoRA
+            "c": ("subject", args.content_blocks, args.lr, args.train_steps),
+            "s": (
+                "style",
+                args.style_content_blocks or args.content_blocks,
+                args.style_lr or args.lr,
+                args.style_train_steps or args.train_steps,
+            ),
         }
-        for folder, data in (("c", "subject"), ("s", "style")):
+        for folder, (data, content_blocks, lr, steps) in runs.items():
             run(
                 TrainLoRAConfig(
                     method="blora",
                     instance_data_dir=str(dirs[data]),
                     instance_prompt=PROMPT,
                     output_dir=str(root / folder),
-                    **split,
-                    **common,
+                    content_blocks=_blocks(content_blocks),
+                    style_blocks=_blocks(args.style_blocks),
+                    **{**common, "learning_rate": lr, "max_train_steps": steps},
                 )
             )
         return {
@@ -382,6 +389,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--style-blocks", default="", help="blora: comma-separated style blocks (default: the preset)"
     )
     parser.add_argument(
+        "--style-content-blocks",
+        default="",
+        help="blora: content blocks of the style image's B-LoRA run (default: --content-blocks)",
+    )
+    parser.add_argument(
+        "--style-lr", type=float, default=None, help="blora: lr of the style image's run (default: --lr)"
+    )
+    parser.add_argument(
+        "--style-train-steps", type=int, default=None, help="blora: steps of the style image's run"
+    )
+    parser.add_argument(
         "--lora-blocks", default="", help="b4m: comma-separated blocks (default: every attention block)"
     )
     parser.add_argument("--seed", type=int, default=0)
@@ -407,6 +425,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "rank": args.rank,
         "lr": args.lr,
         "blora_blocks": {"content": args.content_blocks or "preset", "style": args.style_blocks or "preset"},
+        "blora_style_run": {
+            "content_blocks": args.style_content_blocks or args.content_blocks or "preset",
+            "lr": args.style_lr or args.lr,
+            "train_steps": args.style_train_steps or args.train_steps,
+        },
         "b4m_blocks": args.lora_blocks or "every attention block",
         "n": args.n,
         "subject_detector": check,
