@@ -30,14 +30,16 @@ CONVOLUTIONS = ("conv1", "conv2")
 ROLES = ("content", "style")
 
 # Content / style blocks of the B-LoRA split per architecture. SDXL: the B-LoRA paper's blocks. SD 1.x / mini:
-# measured on mini (``python -m stylekit.adapters.lora_block_probe``, docs/lora.md): appearance is learned
-# mostly in ``up_blocks.2``; no block learned a new subject's shape, so content takes the coarse blocks (the
-# bottleneck, as the B-LoRA authors suggest for SD 1.5, and ``up_blocks.1``). Not a clean split.
+# measured on mini (``python -m stylekit.adapters.lora_block_probe``, ``benchmarks/lora_quality.py``,
+# docs/lora.md): appearance is learned mostly in ``up_blocks.2``'s attention; a new subject's outline only
+# through ResNet convolutions, and only with ``up_blocks.2``'s among them. So content = the coarse attention
+# blocks (the bottleneck, as the B-LoRA authors suggest for SD 1.5, and ``up_blocks.1``) plus every decoder
+# ResNet (LoCon-style), style = ``up_blocks.2``'s attention blocks. Not a clean split.
 BLORA_BLOCKS: dict[str, dict[str, tuple[str, ...]]] = {
     "sdxl": {"content": ("up_blocks.0.attentions.0",), "style": ("up_blocks.0.attentions.1",)},
     "sd": {
-        "content": ("mid_block.attentions.0", "up_blocks.1.attentions.0", "up_blocks.1.attentions.1"),
-        "style": ("up_blocks.2.attentions.0", "up_blocks.2.attentions.1"),
+        "content": ("mid_block.attentions.0", "up_blocks.1.attentions.*", "up_blocks.*.resnets.*"),
+        "style": ("up_blocks.2.attentions.*",),
     },
 }
 
