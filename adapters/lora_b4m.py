@@ -76,8 +76,8 @@ class PartlyFrozenProjection(torch.nn.Module):
 
     def __init__(self, layer: torch.nn.Linear | torch.nn.Conv2d, dim: int, size: int) -> None:
         super().__init__()
-        if layer.bias is not None or not isinstance(layer, (torch.nn.Linear, torch.nn.Conv2d)):
-            raise ValueError(f"B4M: expected a bias-free Linear or Conv2d, got {layer}")
+        if not isinstance(layer, (torch.nn.Linear, torch.nn.Conv2d)) or layer.bias is not None:
+            raise ValueError(f"B4M: expected a bias-free Linear or Conv2d LoRA projection, got {layer}")
         self.dim, self.size = dim, size
         self.conv: dict[str, Any] | None = (
             {k: getattr(layer, k) for k in ("stride", "padding", "dilation", "groups")}
@@ -154,11 +154,9 @@ def split_frozen_halves(unet: torch.nn.Module, adapter: str = "default") -> int:
     returns the number of frozen entries. Call after the final values are in place (init, make-stage load)
     and before building the optimizer."""
     frozen = 0
-    for name, layer in list(lora_layers(unet, adapter)):
+    for _, layer in list(lora_layers(unet, adapter)):
         for kind, dim in FROZEN_DIM.items():
             projection = getattr(layer, kind)[adapter]
-            if not isinstance(projection, (torch.nn.Linear, torch.nn.Conv2d)) or projection.bias is not None:
-                raise ValueError(f"B4M: {name}.{kind} is not a bias-free Linear/Conv2d LoRA projection")
             split = PartlyFrozenProjection(projection, dim, projection.weight.shape[dim] // 2)
             getattr(layer, kind)[adapter] = split
             frozen += split.frozen.numel()

@@ -268,12 +268,7 @@ def train(method: str, sets: dict[str, Any], args: argparse.Namespace, root: Pat
     if method == "blora":
         runs = {  # (image set, content blocks, lr, steps) of the subject's and the style's B-LoRA
             "c": ("subject", args.content_blocks, args.lr, args.train_steps),
-            "s": (
-                "style",
-                args.style_content_blocks or args.content_blocks,
-                args.style_lr or args.lr,
-                args.style_train_steps or args.train_steps,
-            ),
+            "s": ("style", args.style_content_blocks, args.style_lr, args.style_train_steps),
         }
         for folder, (data, content_blocks, lr, steps) in runs.items():
             run(
@@ -406,6 +401,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--work", default=None, help="folder for data and adapters (default: a temp folder)")
     args = parser.parse_args(argv)
+    # the style image's B-LoRA run: unset settings are the subject run's
+    args.style_content_blocks = args.style_content_blocks or args.content_blocks
+    args.style_lr = args.style_lr or args.lr
+    args.style_train_steps = args.style_train_steps or args.train_steps
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     root = Path(args.work or tempfile.mkdtemp(prefix="lora_quality_"))
@@ -426,9 +425,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "lr": args.lr,
         "blora_blocks": {"content": args.content_blocks or "preset", "style": args.style_blocks or "preset"},
         "blora_style_run": {
-            "content_blocks": args.style_content_blocks or args.content_blocks or "preset",
-            "lr": args.style_lr or args.lr,
-            "train_steps": args.style_train_steps or args.train_steps,
+            "content_blocks": args.style_content_blocks or "preset",
+            "lr": args.style_lr,
+            "train_steps": args.style_train_steps,
         },
         "b4m_blocks": args.lora_blocks or "every attention block",
         "n": args.n,

@@ -51,23 +51,20 @@ def architecture_of(unet: Any) -> str:
     return "sdxl" if getattr(unet.config, "addition_embed_type", None) == "text_time" else "sd"
 
 
-def attention_blocks(unet: Any) -> list[str]:
-    """Names of the UNet's attention blocks (``Transformer2DModel``s), in module order."""
-    return [
-        name
-        for name, module in unet.named_modules()
-        if _BLOCK_RE.fullmatch(name) and hasattr(module, "transformer_blocks")
-    ]
-
-
 def lora_blocks(unet: Any) -> list[str]:
-    """Names of every block a LoRA can target: attention blocks and ResNets, in module order."""
+    """Names of every block a LoRA can target: attention blocks (``Transformer2DModel``s) and ResNets, in
+    module order."""
     return [
         name
         for name, module in unet.named_modules()
         if _BLOCK_RE.fullmatch(name)
         and (hasattr(module, "transformer_blocks") or all(hasattr(module, c) for c in CONVOLUTIONS))
     ]
+
+
+def attention_blocks(unet: Any) -> list[str]:
+    """Names of the UNet's attention blocks, in module order."""
+    return [block for block in lora_blocks(unet) if ".attentions." in block]
 
 
 def check_blocks(unet: Any, blocks: Iterable[str], argument: str = "blocks") -> tuple[str, ...]:
@@ -83,7 +80,7 @@ def check_blocks(unet: Any, blocks: Iterable[str], argument: str = "blocks") -> 
     known = lora_blocks(unet)
     out: list[str] = []
     for block in blocks:
-        matches = fnmatch.filter(known, block) if "*" in block else [b for b in known if b == block]
+        matches = [name for name in known if fnmatch.fnmatchcase(name, block)]
         if not matches:
             raise ValueError(
                 f"{argument}: the UNet has no attention block or ResNet {block!r}; it has {known}"
