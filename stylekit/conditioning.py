@@ -111,6 +111,17 @@ class ConditionerBase:
         return latents
 
 
+def schedule_position(scheduler: Any, timestep: Any) -> float:
+    """Where ``timestep`` lies in ``scheduler``'s current schedule (0 = its first step), for hooks of
+    conditioners inside pipelines that do not call ``on_step_begin`` (stock diffusers); a timestep outside
+    the schedule is placed by its value (``1 - t / num_train_timesteps``)."""
+    t = int(torch.as_tensor(timestep).reshape(-1)[0])
+    schedule = [int(x) for x in scheduler.timesteps.tolist()]
+    if t in schedule:
+        return schedule.index(t) / len(schedule)
+    return 1.0 - t / int(scheduler.config.num_train_timesteps)
+
+
 @contextmanager
 def attached(pipe: Any, conditioners: Sequence[Conditioner]) -> Iterator[None]:
     """Attach several conditioners in order; detach in reverse order, also on error."""

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from stylekit.conditioning import ConditionerBase, StyleCondition
+from stylekit.conditioning import ConditionerBase, StyleCondition, schedule_position
 from stylekit.lora import check_lora_fits, lora_file, read_info
 
 Weight = float | Mapping[str, Any]
@@ -63,7 +63,11 @@ class LoRAStyle(ConditionerBase):
         fuse: fuse the weighted adapters into the UNet for the call (faster sampling; base weights are
             restored exactly afterwards).
         adapters: more adapters, ``name -> path`` or ``name -> (path, weight)``.
-        steps: (start, end) fraction of the schedule where the adapters act (unfused, StyleID pipeline only).
+        content_steps, style_steps: (start, end) fraction of the schedule where that adapter acts (unfused
+            only; default the whole schedule), e.g. ``style_steps=(0.5, 1.0)``: the content adapter lays out
+            the image alone and the style adapter joins for the second half. Works in our pipelines (driven
+            by ``on_step_begin``) and in any diffusers pipeline (a UNet pre-hook finds each call's timestep
+            in the scheduler's schedule).
     """
 
     def __init__(
@@ -75,22 +79,19 @@ class LoRAStyle(ConditionerBase):
         style_weight: Weight = 1.0,
         fuse: bool = False,
         adapters: Mapping[str, str | Path | tuple[str | Path, Weight]] | None = None,
-        steps: tuple[float, float] = (0.0, 1.0),
+        content_steps: tuple[float, float] = (0.0, 1.0),
+        style_steps: tuple[float, float] = (0.0, 1.0),
     ) -> None:
         specs: list[AdapterSpec] = []
         if content is not None:
-            specs.append(
-                AdapterSpec("content", Path(content), _check_weight(content_weight, "content_weight"), steps)
-            )
+            weight = _check_weight(content_weight, "content_weight")
+            specs.append(AdapterSpec("content", Path(content), weight, tuple(content_steps)))
         if style is not None:
-            specs.append(
-                AdapterSpec("style", Path(style), _check_weight(style_weight, "style_weight"), steps)
-            )
+            weight = _check_weight(style_weight, "style_weight")
+            specs.append(AdapterSpec("style", Path(style), weight, tuple(style_steps)))
         for name, value in (adapters or {}).items():
             path, weight = value if isinstance(value, tuple) else (value, 1.0)
-            specs.append(
-                AdapterSpec(str(name), Path(path), _check_weight(weight, f"adapters[{name!r}]"), steps)
-            )
+            specs.append(AdapterSpec(str(name), Path(path), _check_weight(weight, f"adapters[{name!r}]")))
         self._init(specs, fuse)
 
     def _init(self, specs: Sequence[AdapterSpec], fuse: bool) -> None:
@@ -101,9 +102,11 @@ class LoRAStyle(ConditionerBase):
             raise ValueError(f"LoRAStyle: adapter names must be unique, got {names}")
         for spec in specs:
             lora_file(spec.path)  # exists, is safetensors
-            start, end = spec.steps
-            if not 0.0 <= start < end <= 1.0:
-                raise ValueError(f"LoRAStyle: steps must satisfy 0 <= start < end <= 1, got {spec.steps}")
+            if len(spec.steps) != 2 or not 0.0 <= spec.steps[0] < spec.steps[1] <= 1.0:
+                raise ValueError(
+                    f"LoRAStyle: {spec.name} steps must be (start, end) with 0 <= start < end <= 1, "
+                    f"got {spec.steps}"
+                )
         if fuse and any(s.steps != (0.0, 1.0) for s in specs):
             raise ValueError("LoRAStyle: fuse=True cannot limit adapters to part of the schedule (steps)")
         self.specs = list(specs)
@@ -112,6 +115,7 @@ class LoRAStyle(ConditionerBase):
         self._pipe: Any = None
         self._active: dict[str, bool] = {}
         self._num_steps = 0
+        self._position: float | None = None  # set by on_step_begin when a pipeline of ours drives the steps
 
     @classmethod
     def from_conditions(
@@ -143,6 +147,7 @@ class LoRAStyle(ConditionerBase):
     def prepare(self, pipe: Any, **call: Any) -> None:
         """Read and check every adapter against ``pipe.unet`` (cached per UNet); note the step count."""
         self._num_steps = int(call.get("num_inference_steps", 0) or 0)
+        self._position = None
         if self._checked_for == id(pipe.unet):
             return
         for spec in self.specs:
@@ -165,6 +170,7 @@ class LoRAStyle(ConditionerBase):
         base_weights: dict[str, torch.Tensor] = {}
         loaded: list[str] = []
         fused = False
+        step_hook: Any = None
         try:
             for spec in self.specs:
                 file = lora_file(spec.path)
@@ -184,9 +190,14 @@ class LoRAStyle(ConditionerBase):
             if self.fuse:
                 pipe.fuse_lora(components=["unet"], lora_scale=1.0, adapter_names=loaded)
                 fused = True
+            elif any(s.steps != (0.0, 1.0) for s in self.specs):
+                step_hook = unet.register_forward_pre_hook(self._step_hook, with_kwargs=True)
             yield
         finally:
+            if step_hook is not None:
+                step_hook.remove()
             self._pipe = None
+            self._position = None
             if fused:
                 pipe.unfuse_lora(components=["unet"])
             if loaded:
@@ -230,7 +241,18 @@ class LoRAStyle(ConditionerBase):
     def on_step_begin(self, step_index: int, timestep: int, latents: torch.Tensor) -> None:
         if self._pipe is None or self.fuse or not self._num_steps:
             return
-        position = step_index / self._num_steps
+        self._position = step_index / self._num_steps
+        self._activate(self._position)
+
+    def _step_hook(self, module: Any, args: tuple, kwargs: dict) -> None:
+        """Outside our pipelines (no ``on_step_begin``): the step's place in the scheduler's schedule."""
+        if self._position is not None or self._pipe is None:
+            return
+        timestep = args[1] if len(args) > 1 else kwargs["timestep"]
+        self._activate(schedule_position(self._pipe.scheduler, timestep))
+
+    def _activate(self, position: float) -> None:
+        """Turn each adapter on or off for the step at ``position`` (0 = start of the schedule)."""
         active = {s.name: s.steps[0] <= position < s.steps[1] for s in self.specs}
         if active != self._active:
             self._active = active

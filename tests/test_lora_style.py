@@ -172,6 +172,53 @@ def test_style_condition_lora_and_text_to_image(tiny_sd, images, adapters):
     assert_same(before, snapshot(text))
 
 
+def test_adapter_steps_in_a_stock_pipeline(tiny_sd, adapters):
+    """``style_steps`` places the style adapter in any diffusers pipeline: (0.5, 1) of a 4-step schedule
+    equals switching the adapter on by hand after step 2; a window holding no step equals the content
+    adapter alone; the content adapter keeps the whole schedule."""
+    from diffusers import StableDiffusionPipeline
+
+    text = StableDiffusionPipeline(**tiny_sd.components)
+    text.set_progress_bar_config(disable=True)
+
+    def generate(**kwargs):
+        return text(
+            "a [v]",
+            num_inference_steps=4,
+            output_type="np",
+            generator=torch.Generator().manual_seed(0),
+            **kwargs,
+        ).images
+
+    before = snapshot(text)
+    content, style = adapters / "content", adapters / "style"
+    with LoRAStyle(content=content, style=style, style_weight=4.0, style_steps=(0.5, 1.0)).applied(text):
+        late = generate()
+    with LoRAStyle(content=content, style=style, style_weight=4.0, style_steps=(0.9, 1.0)).applied(text):
+        never = generate()
+    with LoRAStyle(content=content, style=style, style_weight=4.0).applied(text):
+        whole = generate()
+    with LoRAStyle(content=content).applied(text):
+        content_only = generate()
+    assert_same(before, snapshot(text))
+
+    def switch_on(pipe, step, timestep, outputs):  # after step index 1, i.e. from the third step on
+        if step == 1:
+            pipe.set_adapters(["content", "style"], adapter_weights=[1.0, 4.0])
+        return outputs
+
+    text.load_lora_weights(str(content), adapter_name="content")
+    text.load_lora_weights(str(style), adapter_name="style")
+    try:
+        text.set_adapters(["content", "style"], adapter_weights=[1.0, 0.0])
+        by_hand = generate(callback_on_step_end=switch_on)
+    finally:
+        text.unload_lora_weights()
+    np.testing.assert_array_equal(late, by_hand)
+    np.testing.assert_array_equal(never, content_only)
+    assert np.abs(late - whole).max() > 0 and np.abs(late - content_only).max() > 0
+
+
 def test_lora_for_another_architecture_is_refused(tiny_sdxl, tiny_sd, images, adapters, tmp_path):
     lora = LoRAStyle(style=adapters / "style")
     with pytest.raises(ValueError, match="another architecture"):
@@ -194,5 +241,8 @@ def test_bad_arguments(adapters, tmp_path):
         LoRAStyle(style=tmp_path / "missing")
     with pytest.raises(ValueError, match="style_weight"):
         LoRAStyle(style=adapters / "style", style_weight=float("nan"))
+    for steps in ((0.5, 0.5), (-0.1, 1.0), (0.0, 1.5), (0.2,)):
+        with pytest.raises(ValueError, match="style steps"):
+            LoRAStyle(style=adapters / "style", style_steps=steps)
     with pytest.raises(ValueError, match="fuse"):
-        LoRAStyle(style=adapters / "style", fuse=True, steps=(0.0, 0.5))
+        LoRAStyle(style=adapters / "style", fuse=True, style_steps=(0.0, 0.5))

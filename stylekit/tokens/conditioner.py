@@ -23,7 +23,13 @@ import torch
 import torch.nn.functional as F
 
 from stylekit.attention.injection import swapped_processors
-from stylekit.conditioning import ConditionerBase, ImageLike, StyleCondition, as_condition
+from stylekit.conditioning import (
+    ConditionerBase,
+    ImageLike,
+    StyleCondition,
+    as_condition,
+    schedule_position,
+)
 from stylekit.tokens.adapter import AdapterCompatibilityError, StyleTokenAdapter
 from stylekit.tokens.latent_stats import guide_prediction, image_latent_stats
 from stylekit.tokens.processor import StyleTokenProcessor, TokenState, add_time_delta
@@ -286,13 +292,7 @@ class StyleTokens(ConditionerBase):
         self.state.frames = int(sample.shape[2]) if sample.ndim == 5 else 1
         if self.conditions is None or self.per_row or all(c.steps == (0.0, 1.0) for c in self.conditions):
             return
-        position = self._position
-        if position is None:  # not driven by on_step_begin: find the timestep in the scheduler's schedule
-            timestep = args[1] if len(args) > 1 else kwargs["timestep"]
-            t = int(torch.as_tensor(timestep).reshape(-1)[0])
-            schedule = [int(x) for x in self._pipe.scheduler.timesteps.tolist()]
-            position = schedule.index(t) / len(schedule) if t in schedule else 0.0
-        self._set_mixed(position)
+        self._set_mixed(self._schedule_position(args[1] if len(args) > 1 else kwargs["timestep"]))
 
     # ------------------------------------------------------------------------------------ guidance
     def _text_rows(self, batch: int) -> tuple[int, int]:
@@ -398,11 +398,7 @@ class StyleTokens(ConditionerBase):
         """Where ``timestep`` lies in the schedule (0 = start), from ``on_step_begin`` or the scheduler."""
         if self._position is not None:
             return self._position
-        t = int(torch.as_tensor(timestep).reshape(-1)[0])
-        schedule = [int(x) for x in self._pipe.scheduler.timesteps.tolist()]
-        if t in schedule:
-            return schedule.index(t) / len(schedule)
-        return 1.0 - t / int(self._pipe.scheduler.config.num_train_timesteps)
+        return schedule_position(self._pipe.scheduler, timestep)
 
     def _latent_stats_post_hook(self, module: Any, args: tuple, kwargs: dict, output: Any) -> Any:
         """AdaIN the (guided) prediction's x̂₀ toward the target statistics; see ``latent_stats``."""
