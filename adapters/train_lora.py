@@ -50,6 +50,7 @@ from stylekit.lora import (
     write_json_atomic,
 )
 from stylekit.training.checkpoint import atomic_directory
+from stylekit.training.memory import RegionPeakMemory
 
 from .lora_data import (
     ImageSet,
@@ -660,6 +661,8 @@ def run(config: TrainLoRAConfig) -> dict[str, Any]:
     )
     rows = config.train_batch_size
     start_time, start_step = time.perf_counter(), global_step
+    loop_memory = RegionPeakMemory(accelerator.device)  # the loop's own memory, after loading and caching
+    loop_memory.start()
     model.train()
     while global_step < config.max_train_steps:
         losses: dict[str, float] = {s.name: 0.0 for s in sets}
@@ -743,6 +746,7 @@ def run(config: TrainLoRAConfig) -> dict[str, Any]:
             accelerator.wait_for_everyone()
     bar.close()
     elapsed = time.perf_counter() - start_time
+    loop_peak = loop_memory.stop()
     optimizer_state = sum(
         t.numel() for st in optimizer.state.values() for t in st.values() if torch.is_tensor(t) and t.dim()
     )
@@ -778,6 +782,7 @@ def run(config: TrainLoRAConfig) -> dict[str, Any]:
             "frozen_params": frozen_params,
             "optimizer_state_numel": optimizer_state,
             "num_processes": accelerator.num_processes,
+            "loop_memory": loop_peak,
         }
         if config.aspect_buckets:
             summary["buckets"] = {f"{w}x{h}": len(group[0]) for (w, h), group in buckets.items()}

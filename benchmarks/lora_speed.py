@@ -6,11 +6,17 @@ Every method trains the same model on the same world images (rank, batch, steps,
 subprocess so that peak memory is its own: ``plain`` = the stock diffusers DreamBooth-LoRA recipe (peft LoRA
 on to_q/to_k/to_v/to_out.0 of every attention block, ``--method dreambooth``), ``blora`` (content + style
 blocks only), ``b4m`` (content break run: every attention block, half of each projection frozen).
-Reported per method: optimizer steps/s (after one warm-up step), peak memory (CUDA: ``max_memory_allocated``;
-CPU: the process's peak RSS, ``ru_maxrss``), trainable parameters (B4M's frozen halves are counted apart, as
+Reported per method: optimizer steps/s (after one warm-up step); the training loop's memory
+(``stylekit.training.memory.RegionPeakMemory``, measured by the trainer from the first step to the last, after
+the model is loaded and the latents cached: CUDA ``max_memory_allocated``, CPU the resident high-water mark
+reset at the loop's start), as ``loop_memory_mb`` (growth over the memory in use when the loop starts:
+activations, gradients, optimizer state, which is what the methods change) and ``loop_peak_memory_mb``; the
+whole process's peak (CUDA: ``max_memory_allocated``; CPU: ``ru_maxrss``) as ``process_peak_memory_mb``
+(dominated by loading, equal for every method); trainable parameters (B4M's frozen halves are counted apart, as
 ``frozen_params``: they are buffers, with no gradient and no optimizer state) and the optimizer-state size
 (``optimizer_state_numel``: AdamW's exp_avg + exp_avg_sq entries); ``speed_ratio`` = steps/s / plain's,
-``peak_memory_ratio`` = peak / plain's. ``--repeats N`` runs the methods round-robin N times and reports the
+``peak_memory_ratio`` = loop memory growth / plain's (``loop_peak_memory_ratio``,
+``process_peak_memory_ratio``: the same for the two peaks). ``--repeats N`` runs the methods round-robin N times and reports the
 median of each figure (per-run steps/s in ``runs``): on a shared machine one run's ratios are mostly noise.
 """
 
@@ -45,7 +51,7 @@ if torch.cuda.is_available():
 summary = run(config)
 out = json.loads(open(config.output_dir + "/train_summary.json").read())
 peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-print("RESULT " + json.dumps({{"steps_per_second": out["steps_per_second"], "trainable_params": out["trainable_params"], "frozen_params": out["frozen_params"], "optimizer_state_numel": out.get("optimizer_state_numel"), "peak_bytes": peak}}))
+print("RESULT " + json.dumps({{"steps_per_second": out["steps_per_second"], "trainable_params": out["trainable_params"], "frozen_params": out["frozen_params"], "optimizer_state_numel": out.get("optimizer_state_numel"), "process_peak_bytes": peak, "loop_memory": out["loop_memory"]}}))
 """
 
 
@@ -113,9 +119,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for repeat in range(args.repeats):
         for method in METHODS:
             runs[method].append(measure(method, args, data, root / f"r{repeat}"))
+    for method_runs in runs.values():
+        for r in method_runs:
+            r["loop_growth_bytes"] = r["loop_memory"]["growth_bytes"]
+            r["loop_peak_bytes"] = r["loop_memory"]["peak_bytes"]
+    medians = ("steps_per_second", "loop_growth_bytes", "loop_peak_bytes", "process_peak_bytes")
     results = {
-        m: {**r[0], **{k: statistics.median(x[k] for x in r) for k in ("steps_per_second", "peak_bytes")}}
-        for m, r in runs.items()
+        m: {**r[0], **{k: statistics.median(x[k] for x in r) for k in medians}} for m, r in runs.items()
     }
     plain = results["plain"]
     report: dict[str, Any] = {
@@ -129,12 +139,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for method, r in results.items():
         report[method] = {
             "steps_per_second": round(r["steps_per_second"], 3),
-            "peak_memory_mb": round(r["peak_bytes"] / 2**20, 1),
+            "loop_memory_mb": round(r["loop_growth_bytes"] / 2**20, 1),
+            "loop_peak_memory_mb": round(r["loop_peak_bytes"] / 2**20, 1),
+            "process_peak_memory_mb": round(r["process_peak_bytes"] / 2**20, 1),
             "trainable_params": r["trainable_params"],
             "frozen_params": r["frozen_params"],
             "optimizer_state_numel": r["optimizer_state_numel"],
             "speed_ratio": round(r["steps_per_second"] / plain["steps_per_second"], 3),
-            "peak_memory_ratio": round(r["peak_bytes"] / plain["peak_bytes"], 3),
+            "peak_memory_ratio": round(r["loop_growth_bytes"] / plain["loop_growth_bytes"], 3),
+            "loop_peak_memory_ratio": round(r["loop_peak_bytes"] / plain["loop_peak_bytes"], 3),
+            "process_peak_memory_ratio": round(r["process_peak_bytes"] / plain["process_peak_bytes"], 3),
         }
     report["speed_ratio"] = {m: report[m]["speed_ratio"] for m in ("blora", "b4m")}
     report["peak_memory_ratio"] = {m: report[m]["peak_memory_ratio"] for m in ("blora", "b4m")}
@@ -142,6 +156,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.repeats > 1:
         report["repeats"] = args.repeats
         report["runs"] = {m: [round(x["steps_per_second"], 3) for x in r] for m, r in runs.items()}
+        report["loop_memory_runs_mb"] = {
+            m: [round(x["loop_growth_bytes"] / 2**20, 1) for x in r] for m, r in runs.items()
+        }
     report["seconds"] = round(time.perf_counter() - start, 1)
     print(json.dumps(report))
     return report

@@ -125,6 +125,7 @@ def test_b4m_run_reports_half_trainable_and_writes_full_size_files(tmp_path):
     )
     summary = json.loads((out / "train_summary.json").read_text())
     assert summary["trainable_params"] == summary["frozen_params"] > 0
+    assert summary["loop_memory"]["kind"] == "cpu_rss" and summary["loop_memory"]["peak_bytes"] > 0
     from safetensors.torch import load_file
 
     saved = load_file(str(out / "content" / "pytorch_lora_weights.safetensors"))
