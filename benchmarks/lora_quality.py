@@ -3,7 +3,7 @@
 Usage: ``python benchmarks/lora_quality.py [--model mini] [--methods blora,b4m] [--train-steps 200] [--rank 8]
 [--lr 1e-2] [--n 16] [--steps 20] [--guidance 4.0] [--probe-steps 300] [--detector-n 600] [--detector-val 400]
 [--content-blocks B,..] [--style-blocks B,..] [--style-content-blocks B,..] [--style-lr LR]
-[--style-train-steps N] [--lora-blocks B,..] [--seed 0] [--work DIR]``
+[--style-train-steps N] [--style-start F] [--lora-blocks B,..] [--seed 0] [--work DIR]``
 (block lists: attention blocks, ResNets and ``*`` patterns, as the trainer's flags)
 
 1. A *subject* (one shape, lone object, one style A, ``--n-train`` images) and a *style* (a composite style B
@@ -395,6 +395,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--style-train-steps", type=int, default=None, help="blora: steps of the style image's run"
     )
     parser.add_argument(
+        "--style-start",
+        type=float,
+        default=0.0,
+        help="blora: the composed row's style half acts from this fraction of the schedule on "
+        "(LoRAStyle style_steps=(START, 1)); 0 = the whole schedule",
+    )
+    parser.add_argument(
         "--lora-blocks", default="", help="b4m: comma-separated blocks (default: every attention block)"
     )
     parser.add_argument("--seed", type=int, default=0)
@@ -428,6 +435,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "content_blocks": args.style_content_blocks or "preset",
             "lr": args.style_lr,
             "train_steps": args.style_train_steps,
+            "composed_style_steps": [args.style_start, 1.0],
         },
         "b4m_blocks": args.lora_blocks or "every attention block",
         "n": args.n,
@@ -441,7 +449,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         composed = (
             LoRAStyle(adapters={"fused": adapters["fused"]})
             if "fused" in adapters
-            else LoRAStyle(content=adapters["content"], style=adapters["style"])
+            else LoRAStyle(
+                content=adapters["content"], style=adapters["style"], style_steps=(args.style_start, 1.0)
+            )
         )
         rows = {
             "composed": composed,

@@ -19,7 +19,7 @@ def test_lora_quality_reduced(capsys, tmp_path):
     bench.main(
         ["--model", "tiny-sd", "--methods", "blora,b4m", "--train-steps", "2", "--n-train", "2", "--n", "2"]
         + ["--steps", "2", "--probe-steps", "2", "--detector-n", "300", "--detector-val", "200"]
-        + ["--content-blocks", "up_blocks.3.attentions.0", "--work", str(tmp_path)]
+        + ["--content-blocks", "up_blocks.3.attentions.0", "--style-start", "0.5", "--work", str(tmp_path)]
     )
     lines = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
     assert len(lines) == 1, lines
@@ -35,6 +35,7 @@ def test_lora_quality_reduced(capsys, tmp_path):
     assert set(report["base"]) == {"content_acc", "content_acc_probe", "style_score"}
     assert set(report["methods"]) == {"blora", "b4m"}
     assert report["blora_blocks"] == {"content": "up_blocks.3.attentions.0", "style": "preset"}
+    assert report["blora_style_run"]["composed_style_steps"] == [0.5, 1.0]
     assert report["methods"]["b4m"]["prompts"]["composed"] == "a [v] on [s] paper"  # its own words per set
     content = read_lora(tmp_path / "blora" / "c" / "content")
     assert {block_of(key) for key in content} == {"up_blocks.3.attentions.0"}  # the flag reached training
