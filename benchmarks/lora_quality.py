@@ -1,7 +1,7 @@
 """Content/style separation of split LoRAs (B-LoRA, Break-for-Make) on mini and the world; one JSON line.
 
-Usage: ``python benchmarks/lora_quality.py [--model mini] [--methods blora,b4m] [--train-steps 200] [--rank 8]
-[--lr 1e-2] [--n 16] [--steps 20] [--guidance 4.0] [--probe-steps 300] [--detector-n 600] [--detector-val 400]
+Usage: ``python benchmarks/lora_quality.py [--model mini] [--methods blora,b4m] [--train-steps 2000] [--rank 8]
+[--lr 3e-3] [--n 16] [--steps 20] [--guidance 4.0] [--probe-steps 300] [--detector-n 600] [--detector-val 400]
 [--content-blocks B,..] [--style-blocks B,..] [--style-content-blocks B,..] [--style-lr LR]
 [--style-train-steps N] [--style-start F] [--lora-blocks B,..] [--seed 0] [--work DIR]``
 (block lists: attention blocks, ResNets and ``*`` patterns, as the trainer's flags)
@@ -22,7 +22,9 @@ Usage: ``python benchmarks/lora_quality.py [--model mini] [--methods blora,b4m] 
    measures below would be unreliable).
 3. Per method, a content adapter is trained on the subject and a style adapter on the style: ``blora``
    trains one B-LoRA per image set, both with the prompt ``"a [v] on paper"`` (B-LoRA's ``"a [v]"`` plus the
-   world's "on paper": mini only knows world captions), and keeps its content / style half; ``b4m`` binds
+   world's "on paper": mini only knows world captions), and keeps its content / style half (the style
+   image's run has its own content blocks, lr and steps: by default the preset's attention blocks without its
+   ResNets, 1e-2, 1,000 steps, since a ResNet content half soaks up the style image's style); ``b4m`` binds
    each set to its own words as in its official scripts (subject ``"a [v] on paper"``, style ``"a shape on
    [s] paper"``) and runs the content break (aux set: other styles), the style break (aux set: other
    contents) and the make stage on both sets (fused adapter = the composition).
@@ -71,6 +73,9 @@ SIGNATURE_BINS = 64
 
 HARMONICS = 16
 """Harmonics of the radial signature kept by :func:`shape_feature`."""
+
+STYLE_RUN_CONTENT_BLOCKS = "mid_block.attentions.0,up_blocks.1.attentions.*"
+"""Default content half of the style image's B-LoRA run: the preset's attention blocks without its ResNets."""
 
 RELIABLE_RECALL, RELIABLE_FALSE_POSITIVE = 0.9, 0.1
 """The subject detector is trusted when its held-out real recall / false-positive rate are within these."""
@@ -367,10 +372,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="mini")
     parser.add_argument("--methods", default="blora,b4m")
-    parser.add_argument("--train-steps", type=int, default=200)
+    parser.add_argument("--train-steps", type=int, default=2000)
     parser.add_argument("--n-train", type=int, default=4)
     parser.add_argument("--rank", type=int, default=8)
-    parser.add_argument("--lr", type=float, default=1e-2)
+    parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--n", type=int, default=16)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--guidance", type=float, default=4.0)
@@ -383,16 +388,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--style-blocks", default="", help="blora: comma-separated style blocks (default: the preset)"
     )
-    parser.add_argument(
+    parser.add_argument(  # the LoCon content half of the preset soaks up a style image's style (docs/lora.md)
         "--style-content-blocks",
-        default="",
-        help="blora: content blocks of the style image's B-LoRA run (default: --content-blocks)",
+        default=STYLE_RUN_CONTENT_BLOCKS,
+        help="blora: content blocks of the style image's B-LoRA run ('' = --content-blocks)",
     )
+    parser.add_argument("--style-lr", type=float, default=1e-2, help="blora: lr of the style image's run")
     parser.add_argument(
-        "--style-lr", type=float, default=None, help="blora: lr of the style image's run (default: --lr)"
-    )
-    parser.add_argument(
-        "--style-train-steps", type=int, default=None, help="blora: steps of the style image's run"
+        "--style-train-steps", type=int, default=1000, help="blora: steps of the style image's run"
     )
     parser.add_argument(
         "--style-start",
@@ -408,10 +411,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--work", default=None, help="folder for data and adapters (default: a temp folder)")
     args = parser.parse_args(argv)
-    # the style image's B-LoRA run: unset settings are the subject run's
-    args.style_content_blocks = args.style_content_blocks or args.content_blocks
-    args.style_lr = args.style_lr or args.lr
-    args.style_train_steps = args.style_train_steps or args.train_steps
+    args.style_content_blocks = args.style_content_blocks or args.content_blocks  # '' = the subject run's
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     root = Path(args.work or tempfile.mkdtemp(prefix="lora_quality_"))

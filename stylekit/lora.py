@@ -31,15 +31,16 @@ ROLES = ("content", "style")
 
 # Content / style blocks of the B-LoRA split per architecture. SDXL: the B-LoRA paper's blocks. SD 1.x / mini:
 # measured on mini (``python -m stylekit.adapters.lora_block_probe``, ``benchmarks/lora_quality.py``,
-# docs/lora.md): appearance is learned mostly in ``up_blocks.2``'s attention; a new subject's outline only
-# through ResNet convolutions, and only with ``up_blocks.2``'s among them. So content = the coarse attention
-# blocks (the bottleneck, as the B-LoRA authors suggest for SD 1.5, and ``up_blocks.1``) plus every decoder
-# ResNet (LoCon-style), style = ``up_blocks.2``'s attention blocks. Not a clean split.
+# docs/lora.md): a new subject's outline is learned only through ResNet convolutions, and only with
+# ``up_blocks.2``'s among them; a style half on ``up_blocks.2``'s attention erases that outline when composed,
+# one on the finest level's attention (``up_blocks.3``) keeps it and still carries the style. So content = the
+# coarse attention blocks (the bottleneck, as the B-LoRA authors suggest for SD 1.5, and ``up_blocks.1``) plus
+# every decoder ResNet (LoCon-style), style = ``up_blocks.3``'s attention blocks. Not a clean split.
 BLORA_BLOCKS: dict[str, dict[str, tuple[str, ...]]] = {
     "sdxl": {"content": ("up_blocks.0.attentions.0",), "style": ("up_blocks.0.attentions.1",)},
     "sd": {
         "content": ("mid_block.attentions.0", "up_blocks.1.attentions.*", "up_blocks.*.resnets.*"),
-        "style": ("up_blocks.2.attentions.*",),
+        "style": ("up_blocks.3.attentions.*",),
     },
 }
 

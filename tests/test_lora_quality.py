@@ -18,8 +18,9 @@ def test_lora_quality_reduced(capsys, tmp_path):
     spec.loader.exec_module(bench)
     bench.main(
         ["--model", "tiny-sd", "--methods", "blora,b4m", "--train-steps", "2", "--n-train", "2", "--n", "2"]
+        + ["--style-train-steps", "2"]
         + ["--steps", "2", "--probe-steps", "2", "--detector-n", "300", "--detector-val", "200"]
-        + ["--content-blocks", "up_blocks.3.attentions.0", "--style-start", "0.5", "--work", str(tmp_path)]
+        + ["--content-blocks", "up_blocks.2.attentions.0", "--style-start", "0.5", "--work", str(tmp_path)]
     )
     lines = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
     assert len(lines) == 1, lines
@@ -34,11 +35,21 @@ def test_lora_quality_reduced(capsys, tmp_path):
     assert detector["subject_images_recall"] == 1.0 and detector["reliable"] is True, detector
     assert set(report["base"]) == {"content_acc", "content_acc_probe", "style_score"}
     assert set(report["methods"]) == {"blora", "b4m"}
-    assert report["blora_blocks"] == {"content": "up_blocks.3.attentions.0", "style": "preset"}
-    assert report["blora_style_run"]["composed_style_steps"] == [0.5, 1.0]
+    assert report["blora_blocks"] == {"content": "up_blocks.2.attentions.0", "style": "preset"}
+    assert report["blora_style_run"] == {
+        "content_blocks": "mid_block.attentions.0,up_blocks.1.attentions.*",  # the default: attention only
+        "lr": 0.01,
+        "train_steps": 2,
+        "composed_style_steps": [0.5, 1.0],
+    }
+    style_run = read_lora(tmp_path / "blora" / "s" / "content")
+    assert {block_of(key) for key in style_run} == {
+        "mid_block.attentions.0",
+        *(f"up_blocks.1.attentions.{i}" for i in range(3)),
+    }
     assert report["methods"]["b4m"]["prompts"]["composed"] == "a [v] on [s] paper"  # its own words per set
     content = read_lora(tmp_path / "blora" / "c" / "content")
-    assert {block_of(key) for key in content} == {"up_blocks.3.attentions.0"}  # the flag reached training
+    assert {block_of(key) for key in content} == {"up_blocks.2.attentions.0"}  # the flag reached training
     assert "subject_both_halves_content_acc" in report["methods"]["blora"]
     assert not any(key.startswith("subject_both") for key in report["methods"]["b4m"])
     for row in report["methods"].values():
