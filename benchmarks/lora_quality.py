@@ -1,7 +1,7 @@
 """Content/style separation of split LoRAs (B-LoRA, Break-for-Make) on mini and the world; one JSON line.
 
-Usage: ``python benchmarks/lora_quality.py [--model mini] [--methods blora,b4m] [--train-steps 2000] [--rank 8]
-[--lr 3e-3] [--n 16] [--steps 20] [--guidance 4.0] [--probe-steps 300] [--detector-n 600] [--detector-val 400]
+Usage: ``python benchmarks/lora_quality.py [--model mini] [--methods blora,b4m] [--train-steps N] [--rank 8]
+[--lr LR] [--n 16] [--steps 20] [--guidance 4.0] [--probe-steps 300] [--detector-n 600] [--detector-val 400]
 [--content-blocks B,..] [--style-blocks B,..] [--style-content-blocks B,..] [--style-lr LR]
 [--style-train-steps N] [--style-start F] [--lora-blocks B,..] [--seed 0] [--work DIR]``
 (block lists: attention blocks, ResNets and ``*`` patterns, as the trainer's flags)
@@ -258,21 +258,33 @@ def checked_detector(
     return detector, check
 
 
+METHOD_RECIPES = {"blora": (2000, 3e-3), "b4m": (1000, 1e-2)}
+"""Default (training steps, lr) per method: the best measured on mini (docs/lora.md). B4M at B-LoRA's recipe
+(2,000 steps, 3e-3) learned almost nothing (style 0.098 alone)."""
+
+
+def recipe(method: str, args: argparse.Namespace) -> tuple[int, float]:
+    """(training steps, lr) of ``method``'s runs: ``--train-steps`` / ``--lr`` when given, else its default."""
+    steps, lr = METHOD_RECIPES[method]
+    return args.train_steps or steps, args.lr or lr
+
+
 def train(method: str, sets: dict[str, Any], args: argparse.Namespace, root: Path) -> dict[str, Path]:
     """Adapters of one method: ``{"content": dir, "style": dir}`` (b4m: and ``"fused"``)."""
     dirs = sets["dirs"]
+    train_steps, lr = recipe(method, args)
     common = dict(
         pretrained_model_name_or_path=args.model,
         rank=args.rank,
-        max_train_steps=args.train_steps,
-        learning_rate=args.lr,
+        max_train_steps=train_steps,
+        learning_rate=lr,
         checkpointing_steps=0,
         seed=args.seed,
         train_batch_size=2,
     )
     if method == "blora":
         runs = {  # (image set, content blocks, lr, steps) of the subject's and the style's B-LoRA
-            "c": ("subject", args.content_blocks, args.lr, args.train_steps),
+            "c": ("subject", args.content_blocks, lr, train_steps),
             "s": ("style", args.style_content_blocks, args.style_lr, args.style_train_steps),
         }
         for folder, (data, content_blocks, lr, steps) in runs.items():
@@ -296,7 +308,7 @@ def train(method: str, sets: dict[str, Any], args: argparse.Namespace, root: Pat
     b4m = dict(
         method="b4m",
         output_dir=str(out),
-        learning_rate_2=args.lr / 10,
+        learning_rate_2=lr / 10,
         lora_blocks=_blocks(args.lora_blocks),
         **common,
     )
@@ -321,7 +333,7 @@ def train(method: str, sets: dict[str, Any], args: argparse.Namespace, root: Pat
             **b4m,
         )
     )
-    make = {**b4m, "max_train_steps": max(1, args.train_steps // 3)}
+    make = {**b4m, "max_train_steps": max(1, train_steps // 3)}
     run(
         TrainLoRAConfig(
             instance_data_dir=str(dirs["subject"]),
@@ -372,10 +384,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="mini")
     parser.add_argument("--methods", default="blora,b4m")
-    parser.add_argument("--train-steps", type=int, default=2000)
+    parser.add_argument(
+        "--train-steps", type=int, default=None, help="default per method: blora 2000, b4m 1000"
+    )
     parser.add_argument("--n-train", type=int, default=4)
     parser.add_argument("--rank", type=int, default=8)
-    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--lr", type=float, default=None, help="default per method: blora 3e-3, b4m 1e-2")
     parser.add_argument("--n", type=int, default=16)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--guidance", type=float, default=4.0)
@@ -427,7 +441,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "subject_shape": sets["shape"],
         "style_a": sets["style_a"],
         "style_b": sets["style_b"],
-        "train_steps": args.train_steps,
+        "train_steps": args.train_steps,  # null: each method's default (its row's train_steps / lr)
         "rank": args.rank,
         "lr": args.lr,
         "blora_blocks": {"content": args.content_blocks or "preset", "style": args.style_blocks or "preset"},
@@ -466,6 +480,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for name, lora in rows.items():
             measured = measure(generate(pipe, lora, args, PROMPTS[method][name]), sets, probe, detector)
             row.update({f"{name}_{key}": value for key, value in measured.items()})
+        row["train_steps"], row["lr"] = recipe(method, args)
         row["seconds"] = round(time.perf_counter() - t0, 1)
         methods[method] = row
         print(f"{method}: {methods[method]}", file=sys.stderr, flush=True)

@@ -36,6 +36,8 @@ def test_lora_quality_reduced(capsys, tmp_path):
     assert set(report["base"]) == {"content_acc", "content_acc_probe", "style_score"}
     assert set(report["methods"]) == {"blora", "b4m"}
     assert report["blora_blocks"] == {"content": "up_blocks.2.attentions.0", "style": "preset"}
+    assert report["methods"]["blora"]["lr"] == 3e-3 and report["methods"]["b4m"]["lr"] == 1e-2  # per method
+    assert report["methods"]["b4m"]["train_steps"] == 2  # the flag overrides both methods' defaults
     assert report["blora_style_run"] == {
         "content_blocks": "mid_block.attentions.0,up_blocks.1.attentions.*",  # the default: attention only
         "lr": 0.01,
