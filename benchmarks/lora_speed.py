@@ -12,12 +12,13 @@ the model is loaded and the latents cached: CUDA ``max_memory_allocated``, CPU t
 reset at the loop's start), as ``loop_memory_mb`` (growth over the memory in use when the loop starts:
 activations, gradients, optimizer state, which is what the methods change) and ``loop_peak_memory_mb``; the
 whole process's peak (CUDA: ``max_memory_allocated``; CPU: ``ru_maxrss``) as ``process_peak_memory_mb``
-(dominated by loading, equal for every method); trainable parameters (B4M's frozen halves are counted apart, as
-``frozen_params``: they are buffers, with no gradient and no optimizer state) and the optimizer-state size
+(dominated by loading, equal for every method); trainable parameters (B4M's frozen halves are counted apart,
+as ``frozen_params``: they are buffers, with no gradient and no optimizer state) and the optimizer-state size
 (``optimizer_state_numel``: AdamW's exp_avg + exp_avg_sq entries); ``speed_ratio`` = steps/s / plain's,
 ``peak_memory_ratio`` = loop memory growth / plain's (``loop_peak_memory_ratio``,
-``process_peak_memory_ratio``: the same for the two peaks). ``--repeats N`` runs the methods round-robin N times and reports the
-median of each figure (per-run steps/s in ``runs``): on a shared machine one run's ratios are mostly noise.
+``process_peak_memory_ratio``: the same for the two peaks). ``--repeats N`` runs the methods round-robin N
+times and reports the median of each figure (per-run steps/s in ``runs``, loop memory in
+``loop_memory_runs_mb``): on a shared machine one run's ratios are mostly noise.
 """
 
 from __future__ import annotations
@@ -97,7 +98,9 @@ def measure(method: str, args: argparse.Namespace, data: Path, root: Path) -> di
     if result.returncode != 0:
         raise RuntimeError(f"{method} failed:\n{result.stderr[-3000:]}")
     line = next(x for x in result.stdout.splitlines() if x.startswith("RESULT "))
-    return json.loads(line.removeprefix("RESULT "))
+    out = json.loads(line.removeprefix("RESULT "))
+    loop = out.pop("loop_memory")
+    return {**out, "loop_growth_bytes": loop["growth_bytes"], "loop_peak_bytes": loop["peak_bytes"]}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -119,10 +122,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for repeat in range(args.repeats):
         for method in METHODS:
             runs[method].append(measure(method, args, data, root / f"r{repeat}"))
-    for method_runs in runs.values():
-        for r in method_runs:
-            r["loop_growth_bytes"] = r["loop_memory"]["growth_bytes"]
-            r["loop_peak_bytes"] = r["loop_memory"]["peak_bytes"]
     medians = ("steps_per_second", "loop_growth_bytes", "loop_peak_bytes", "process_peak_bytes")
     results = {
         m: {**r[0], **{k: statistics.median(x[k] for x in r) for k in medians}} for m, r in runs.items()

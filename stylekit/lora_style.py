@@ -107,15 +107,20 @@ class LoRAStyle(ConditionerBase):
                     f"LoRAStyle: {spec.name} steps must be (start, end) with 0 <= start < end <= 1, "
                     f"got {spec.steps}"
                 )
-        if fuse and any(s.steps != (0.0, 1.0) for s in specs):
-            raise ValueError("LoRAStyle: fuse=True cannot limit adapters to part of the schedule (steps)")
         self.specs = list(specs)
+        if fuse and self.windowed:
+            raise ValueError("LoRAStyle: fuse=True cannot limit adapters to part of the schedule (steps)")
         self.fuse = fuse
         self._checked_for: int | None = None
         self._pipe: Any = None
         self._active: dict[str, bool] = {}
         self._num_steps = 0
         self._position: float | None = None  # set by on_step_begin when a pipeline of ours drives the steps
+
+    @property
+    def windowed(self) -> bool:
+        """Whether an adapter acts on only part of the schedule."""
+        return any(s.steps != (0.0, 1.0) for s in self.specs)
 
     @classmethod
     def from_conditions(
@@ -190,7 +195,7 @@ class LoRAStyle(ConditionerBase):
             if self.fuse:
                 pipe.fuse_lora(components=["unet"], lora_scale=1.0, adapter_names=loaded)
                 fused = True
-            elif any(s.steps != (0.0, 1.0) for s in self.specs):
+            elif self.windowed:
                 step_hook = unet.register_forward_pre_hook(self._step_hook, with_kwargs=True)
             yield
         finally:
