@@ -24,9 +24,9 @@ Usage: ``python benchmarks/lora_quality.py [--model mini] [--methods blora,b4m] 
    trains one B-LoRA per image set, both with the prompt ``"a [v] on paper"`` (B-LoRA's ``"a [v]"`` plus the
    world's "on paper": mini only knows world captions), and keeps its content / style half (the style
    image's run has its own content blocks, lr and steps: by default the preset's attention blocks without its
-   ResNets, 1e-2, 1,000 steps, since a ResNet content half soaks up the style image's style); ``b4m`` binds
-   each set to its own words as in its official scripts (subject ``"a [v] on paper"``, style ``"a shape on
-   [s] paper"``) and runs the content break (aux set: other styles), the style break (aux set: other
+   ResNets, 1e-2, half the subject run's steps (1,000), since a ResNet content half soaks up the style
+   image's style); ``b4m`` binds each set to its own words as in its official scripts (subject ``"a [v] on
+   paper"``, style ``"a shape on [s] paper"``) and runs the content break (aux set: other styles), the style break (aux set: other
    contents) and the make stage on both sets (fused adapter = the composition).
 4. ``--n`` images are generated (fixed seeds) with: the composition, the content adapter only, the style
    adapter only, from the method's prompt for that row (``PROMPTS``; b4m composes from ``"a [v] on [s]
@@ -269,6 +269,11 @@ def recipe(method: str, args: argparse.Namespace) -> tuple[int, float]:
     return args.train_steps or steps, args.lr or lr
 
 
+def style_run_steps(args: argparse.Namespace) -> int:
+    """Steps of the style image's B-LoRA run: ``--style-train-steps``, else half the subject run's."""
+    return args.style_train_steps or max(1, recipe("blora", args)[0] // 2)
+
+
 def train(method: str, sets: dict[str, Any], args: argparse.Namespace, root: Path) -> dict[str, Path]:
     """Adapters of one method: ``{"content": dir, "style": dir}`` (b4m: and ``"fused"``)."""
     dirs = sets["dirs"]
@@ -285,7 +290,7 @@ def train(method: str, sets: dict[str, Any], args: argparse.Namespace, root: Pat
     if method == "blora":
         runs = {  # (image set, content blocks, lr, steps) of the subject's and the style's B-LoRA
             "c": ("subject", args.content_blocks, lr, train_steps),
-            "s": ("style", args.style_content_blocks, args.style_lr, args.style_train_steps),
+            "s": ("style", args.style_content_blocks, args.style_lr, style_run_steps(args)),
         }
         for folder, (data, content_blocks, lr, steps) in runs.items():
             run(
@@ -380,7 +385,8 @@ def measure(
     }
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The benchmark's options (``--style-content-blocks ''`` resolved to ``--content-blocks``)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="mini")
     parser.add_argument("--methods", default="blora,b4m")
@@ -409,7 +415,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     parser.add_argument("--style-lr", type=float, default=1e-2, help="blora: lr of the style image's run")
     parser.add_argument(
-        "--style-train-steps", type=int, default=1000, help="blora: steps of the style image's run"
+        "--style-train-steps",
+        type=int,
+        default=None,
+        help="blora: steps of the style image's run (default: half the subject run's, 1,000 by default)",
     )
     parser.add_argument(
         "--style-start",
@@ -426,6 +435,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--work", default=None, help="folder for data and adapters (default: a temp folder)")
     args = parser.parse_args(argv)
     args.style_content_blocks = args.style_content_blocks or args.content_blocks  # '' = the subject run's
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     root = Path(args.work or tempfile.mkdtemp(prefix="lora_quality_"))
@@ -448,7 +462,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "blora_style_run": {
             "content_blocks": args.style_content_blocks or "preset",
             "lr": args.style_lr,
-            "train_steps": args.style_train_steps,
+            "train_steps": style_run_steps(args),
             "composed_style_steps": [args.style_start, 1.0],
         },
         "b4m_blocks": args.lora_blocks or "every attention block",

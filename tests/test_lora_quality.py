@@ -58,3 +58,17 @@ def test_lora_quality_reduced(capsys, tmp_path):
         for prefix in ("composed", "content_only", "style_only"):
             for key in ("content_acc", "content_acc_probe", "style_score"):
                 assert 0.0 <= row[f"{prefix}_{key}"] <= 1.0
+
+
+def test_style_run_steps_follow_the_subject_run_unless_given():
+    spec = importlib.util.spec_from_file_location("_bench_lora_quality", BENCHMARK)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    default_steps = bench.METHOD_RECIPES["blora"][0]
+
+    def steps(*flags: str) -> int:
+        return bench.style_run_steps(bench.parse_args(list(flags)))
+
+    assert steps() == default_steps // 2
+    assert steps("--train-steps", "50") == 25
+    assert steps("--train-steps", "50", "--style-train-steps", "7") == 7
