@@ -463,6 +463,75 @@ def read_peft_adapter(path: str | Path) -> dict[str, torch.Tensor]:
     return convert_unet_state_dict_to_peft(unet_state)
 
 
+def attach_lora(
+    unet: torch.nn.Module,
+    config: TrainLoRAConfig,
+    modules: Sequence[str],
+    weight_dtype: torch.dtype = torch.float32,
+) -> tuple[list[dict[str, Any]], int]:
+    """Add the run's peft LoRA (one adapter "default" on ``modules``) to a frozen ``unet``, ready to train:
+    B4M's initialisation, make-stage load and frozen halves; the other weights cast to ``weight_dtype``;
+    gradient checkpointing when asked.
+
+    Returns:
+        The optimizer's parameter groups (B4M break: primary and secondary projections with their lrs) and
+        the number of frozen B4M entries (0 for other methods).
+    """
+    from peft import LoraConfig
+
+    lora_config = LoraConfig(
+        r=config.rank,
+        lora_alpha=config.alpha,
+        lora_dropout=config.lora_dropout,
+        init_lora_weights="gaussian",
+        target_modules=modules,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        unet.add_adapter(lora_config)
+    b4m = config.method == "b4m"
+    if b4m:
+        from .lora_b4m import init_partly_learnable, make_fused_state, projection_groups, split_frozen_halves
+
+        init_partly_learnable(unet, config.seed)
+        if config.b4m_stage == "make":
+            assert config.content_lora and config.style_lora
+            fused = make_fused_state(
+                read_peft_adapter(config.content_lora), read_peft_adapter(config.style_lora)
+            )
+            params = lora_parameters(unet)
+            loaded = peft_keys_to_params(fused)
+            if set(loaded) != set(params):
+                raise ValueError(
+                    "--content_lora/--style_lora: the adapters do not cover this run's blocks "
+                    "(use the same --lora_blocks and --rank as the break runs)"
+                )
+            with torch.no_grad():
+                for name, value in loaded.items():
+                    params[name].copy_(value)
+    for param in lora_parameters(unet).values():
+        param.requires_grad_(True)
+        param.data = param.data.float()
+    # B4M: the frozen halves become buffers, the trainable parameters only the learnable halves
+    frozen_params = split_frozen_halves(unet) if b4m else 0
+    if weight_dtype != torch.float32:
+        for param in unet.parameters():
+            if not param.requires_grad:
+                param.data = param.data.to(weight_dtype)
+    if config.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+
+    if config.method == "b4m" and config.b4m_stage == "break":
+        primary, secondary = projection_groups(unet, config.b4m_role)
+        groups = [
+            {"params": primary, "lr": config.learning_rate},
+            {"params": secondary, "lr": config.learning_rate_2},
+        ]
+    else:
+        groups = [{"params": list(lora_parameters(unet).values()), "lr": config.learning_rate}]
+    return groups, frozen_params
+
+
 def run(config: TrainLoRAConfig) -> dict[str, Any]:
     """Train; returns a summary (final loss history, adapter folders, steps/s)."""
     from accelerate import Accelerator
@@ -522,63 +591,8 @@ def run(config: TrainLoRAConfig) -> dict[str, Any]:
     time_ids: dict[tuple[int, int], torch.Tensor] = {}  # SDXL size conditioning per bucket
     prompts.warm([p for group in bucket_sets for s in group for p in s.prompts])
 
-    # the LoRA (peft, one adapter "default" covering every role's blocks)
-    lora_config = LoraConfig(
-        r=config.rank,
-        lora_alpha=config.alpha,
-        lora_dropout=config.lora_dropout,
-        init_lora_weights="gaussian",
-        target_modules=modules,
-    )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)
-        unet.add_adapter(lora_config)
     b4m = config.method == "b4m"
-    if b4m:
-        from .lora_b4m import (
-            init_partly_learnable,
-            make_fused_state,
-            merge_frozen_halves,
-            projection_groups,
-            split_frozen_halves,
-        )
-
-        init_partly_learnable(unet, config.seed)
-        if config.b4m_stage == "make":
-            assert config.content_lora and config.style_lora
-            fused = make_fused_state(
-                read_peft_adapter(config.content_lora), read_peft_adapter(config.style_lora)
-            )
-            params = lora_parameters(unet)
-            loaded = peft_keys_to_params(fused)
-            if set(loaded) != set(params):
-                raise ValueError(
-                    "--content_lora/--style_lora: the adapters do not cover this run's blocks "
-                    "(use the same --lora_blocks and --rank as the break runs)"
-                )
-            with torch.no_grad():
-                for name, value in loaded.items():
-                    params[name].copy_(value)
-    for param in lora_parameters(unet).values():
-        param.requires_grad_(True)
-        param.data = param.data.float()
-    # B4M: the frozen halves become buffers, the trainable parameters only the learnable halves
-    frozen_params = split_frozen_halves(unet) if b4m else 0
-    if weight_dtype != torch.float32:
-        for param in unet.parameters():
-            if not param.requires_grad:
-                param.data = param.data.to(weight_dtype)
-    if config.gradient_checkpointing:
-        unet.enable_gradient_checkpointing()
-
-    if config.method == "b4m" and config.b4m_stage == "break":
-        primary, secondary = projection_groups(unet, config.b4m_role)
-        groups = [
-            {"params": primary, "lr": config.learning_rate},
-            {"params": secondary, "lr": config.learning_rate_2},
-        ]
-    else:
-        groups = [{"params": list(lora_parameters(unet).values()), "lr": config.learning_rate}]
+    groups, frozen_params = attach_lora(unet, config, modules, weight_dtype)
     trainable_params = sum(p.numel() for g in groups for p in g["params"])
     if config.use_8bit_adam:
         import bitsandbytes as bnb
@@ -753,6 +767,8 @@ def run(config: TrainLoRAConfig) -> dict[str, Any]:
 
     written: dict[str, str] = {}
     if b4m:
+        from .lora_b4m import merge_frozen_halves
+
         merge_frozen_halves(unet)  # plain full-size peft weights again, for the diffusers-format files
     if accelerator.is_main_process:
         state = peft_state(accelerator.unwrap_model(model))

@@ -1,6 +1,7 @@
 """Training speed and memory of the split LoRAs vs plain peft LoRA on every UNet attention layer; one JSON line.
 
-Usage: ``python benchmarks/lora_speed.py [--model mini] [--steps 40] [--rank 8] [--batch 2] [--device cpu]``
+Usage: ``python benchmarks/lora_speed.py [--model mini] [--steps 40] [--rank 8] [--batch 2] [--threads 1]
+[--size 64] [--repeats 1] [--step-rounds 30]``
 
 Every method trains the same model on the same world images (rank, batch, steps, seed equal), each in its own
 subprocess so that peak memory is its own: ``plain`` = the stock diffusers DreamBooth-LoRA recipe (peft LoRA
@@ -19,6 +20,10 @@ as ``frozen_params``: they are buffers, with no gradient and no optimizer state)
 ``process_peak_memory_ratio``: the same for the two peaks). ``--repeats N`` runs the methods round-robin N
 times and reports the median of each figure (per-run steps/s in ``runs``, loop memory in
 ``loop_memory_runs_mb``): on a shared machine one run's ratios are mostly noise.
+``step_speed_ratio`` (per method ``step_ms``) is the low-noise speed figure: one training step (forward,
+loss, backward, AdamW) of each method's LoRA, attached by the trainer's own code to copies of one UNet in
+this process, timed interleaved in a shuffled order for ``--step-rounds`` rounds (median); it leaves out the
+data loader and the trainer's bookkeeping, which are the same for every method.
 """
 
 from __future__ import annotations
@@ -68,12 +73,9 @@ def write_data(folder: Path, n: int, size: int, seed: int) -> Path:
     return folder
 
 
-def measure(method: str, args: argparse.Namespace, data: Path, root: Path) -> dict[str, Any]:
-    """Train ``args.steps`` steps in a subprocess; steps/s, trainable params, peak bytes."""
-    cmd = [
-        sys.executable,
-        "-c",
-        CHILD.format(threads=args.threads),
+def trainer_flags(method: str, args: argparse.Namespace, data: Path, output_dir: Path) -> list[str]:
+    """The trainer's command-line flags of ``method``'s run (the same for every method but the method's own)."""
+    return [
         *METHODS[method],
         "--pretrained_model_name_or_path",
         args.model,
@@ -82,7 +84,7 @@ def measure(method: str, args: argparse.Namespace, data: Path, root: Path) -> di
         "--instance_prompt",
         "a [v]",
         "--output_dir",
-        str(root / method),
+        str(output_dir),
         "--rank",
         str(args.rank),
         "--max_train_steps",
@@ -94,6 +96,16 @@ def measure(method: str, args: argparse.Namespace, data: Path, root: Path) -> di
         "--seed",
         "0",
     ]
+
+
+def measure(method: str, args: argparse.Namespace, data: Path, root: Path) -> dict[str, Any]:
+    """Train ``args.steps`` steps in a subprocess; steps/s, trainable params, peak bytes."""
+    cmd = [
+        sys.executable,
+        "-c",
+        CHILD.format(threads=args.threads),
+        *trainer_flags(method, args, data, root / method),
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     if result.returncode != 0:
         raise RuntimeError(f"{method} failed:\n{result.stderr[-3000:]}")
@@ -101,6 +113,67 @@ def measure(method: str, args: argparse.Namespace, data: Path, root: Path) -> di
     out = json.loads(line.removeprefix("RESULT "))
     loop = out.pop("loop_memory")
     return {**out, "loop_growth_bytes": loop["growth_bytes"], "loop_peak_bytes": loop["peak_bytes"]}
+
+
+def interleaved_step_seconds(args: argparse.Namespace, data: Path, root: Path) -> dict[str, float]:
+    """Median seconds of one training step (UNet forward, MSE loss, backward, AdamW step) per method.
+
+    Every method's LoRA is attached by the trainer's own :func:`attach_lora` to a copy of one UNet in this
+    process; each round times one step of every method, in a shuffled order, on the same random batch, so
+    machine noise hits the methods alike (``--step-rounds`` rounds after two warm-up steps each).
+    """
+    import copy
+    import random
+
+    import torch
+
+    from stylekit.adapters.train_lora import attach_lora, parse_config, resolve_roles
+    from stylekit.lora import target_modules
+    from stylekit.models import load_pipeline
+
+    torch.set_num_threads(args.threads)
+    device = "cuda" if _cuda() else "cpu"
+    pipe = load_pipeline(args.model, kind="text-to-image", dtype=torch.float32)
+    base = pipe.unet.requires_grad_(False)
+    generator = torch.Generator().manual_seed(0)
+    side = args.size // int(pipe.vae_scale_factor)
+    latents = torch.randn(args.batch, base.config.in_channels, side, side, generator=generator).to(device)
+    noise = torch.randn(latents.shape, generator=generator).to(device)
+    timesteps = torch.randint(0, 1000, (args.batch,), generator=generator).to(device)
+    context = torch.randn(args.batch, 77, base.config.cross_attention_dim, generator=generator).to(device)
+
+    steps: dict[str, Any] = {}
+    for method in METHODS:
+        config = parse_config(trainer_flags(method, args, data, root / "steps"))
+        unet = copy.deepcopy(base)
+        roles = resolve_roles(config, unet)
+        modules = sorted({m for blocks in roles.blocks.values() for m in target_modules(unet, blocks)})
+        groups, _ = attach_lora(unet, config, modules)
+        unet.to(device).train()
+        optimizer = torch.optim.AdamW(groups)
+
+        def step(unet: Any = unet, optimizer: Any = optimizer) -> None:
+            prediction = unet(latents, timesteps, encoder_hidden_states=context).sample
+            torch.nn.functional.mse_loss(prediction, noise).backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        steps[method] = step
+    seconds: dict[str, list[float]] = {m: [] for m in METHODS}
+    for method in [*METHODS, *METHODS]:  # warm-up
+        steps[method]()
+    for round_ in range(args.step_rounds):
+        order = list(METHODS)
+        random.Random(round_).shuffle(order)
+        for method in order:
+            if device == "cuda":
+                torch.cuda.synchronize()
+            begin = time.perf_counter()
+            steps[method]()
+            if device == "cuda":
+                torch.cuda.synchronize()
+            seconds[method].append(time.perf_counter() - begin)
+    return {m: statistics.median(v) for m, v in seconds.items()}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -113,6 +186,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument(
         "--repeats", type=int, default=1, help="round-robin runs per method (median reported)"
+    )
+    parser.add_argument(
+        "--step-rounds",
+        type=int,
+        default=30,
+        help="rounds of the in-process interleaved step timing (step_speed_ratio); 0 skips it",
     )
     args = parser.parse_args(argv)
     start = time.perf_counter()
@@ -149,6 +228,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "loop_peak_memory_ratio": round(r["loop_peak_bytes"] / plain["loop_peak_bytes"], 3),
             "process_peak_memory_ratio": round(r["process_peak_bytes"] / plain["process_peak_bytes"], 3),
         }
+    if args.step_rounds:
+        step_seconds = interleaved_step_seconds(args, data, root)
+        for method, seconds in step_seconds.items():
+            report[method]["step_ms"] = round(seconds * 1000, 2)
+            report[method]["step_speed_ratio"] = round(step_seconds["plain"] / seconds, 3)
+        report["step_speed_ratio"] = {m: report[m]["step_speed_ratio"] for m in ("blora", "b4m")}
     report["speed_ratio"] = {m: report[m]["speed_ratio"] for m in ("blora", "b4m")}
     report["peak_memory_ratio"] = {m: report[m]["peak_memory_ratio"] for m in ("blora", "b4m")}
     report["trainable_params"] = {m: report[m]["trainable_params"] for m in METHODS}

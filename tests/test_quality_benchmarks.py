@@ -96,3 +96,18 @@ def test_style_tokens_scale_option():
     assert bench._scale('{"up": {"block_2": 1}}') == {"up": {"block_2": 1}}
     with pytest.raises(SystemExit):  # argparse refuses it, before any model work
         bench.main(["--model", "no-such-model", "--scale", "nope"])
+
+
+def test_lora_speed_reduced(capsys):
+    """Each method trains in its own process and is timed again in-process on the trainer's own LoRA layout:
+    B4M trains half of plain's entries (the same blocks, half of each projection frozen)."""
+    _load("lora_speed").main(["--model", "tiny-sd", "--steps", "2", "--size", "32", "--step-rounds", "2"])
+    report = _one_json_line(capsys)
+    plain, b4m = report["plain"], report["b4m"]
+    assert plain["speed_ratio"] == plain["step_speed_ratio"] == 1.0
+    assert b4m["trainable_params"] == b4m["frozen_params"] == plain["trainable_params"] // 2
+    assert b4m["optimizer_state_numel"] == 2 * b4m["trainable_params"]
+    for method in ("blora", "b4m"):
+        assert report[method]["step_ms"] > 0
+        assert report["step_speed_ratio"][method] == report[method]["step_speed_ratio"] > 0
+        assert report["peak_memory_ratio"][method] == report[method]["peak_memory_ratio"] > 0
