@@ -23,7 +23,9 @@ times and reports the median of each figure (per-run steps/s in ``runs``, loop m
 ``step_speed_ratio`` (per method ``step_ms``) is the low-noise speed figure: one training step (forward,
 loss, backward, AdamW) of each method's LoRA, attached by the trainer's own code to copies of one UNet in
 this process, timed interleaved in a shuffled order for ``--step-rounds`` rounds (median); it leaves out the
-data loader and the trainer's bookkeeping, which are the same for every method.
+data loader and the trainer's bookkeeping, which are the same for every method. ``step_control_ratio``
+times a second, identical plain set-up the same way: how far two copies of one set-up differ (memory
+placement), the floor under which a step ratio says nothing.
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ METHODS = {
     "blora": ["--method", "blora"],
     "b4m": ["--method", "b4m", "--b4m_role", "content"],
 }
+
+CONTROL = "plain_control"  # a second, identical plain set-up in the in-process step timing
 
 CHILD = r"""
 import json, resource, sys, time, torch
@@ -116,7 +120,8 @@ def measure(method: str, args: argparse.Namespace, data: Path, root: Path) -> di
 
 
 def interleaved_step_seconds(args: argparse.Namespace, data: Path, root: Path) -> dict[str, float]:
-    """Median seconds of one training step (UNet forward, MSE loss, backward, AdamW step) per method.
+    """Median seconds of one training step (UNet forward, MSE loss, backward, AdamW step) per method, and of
+    a second copy of plain (``plain_control``: the noise floor of identical set-ups, about 1-7 % here).
 
     Every method's LoRA is attached by the trainer's own :func:`attach_lora` to a copy of one UNet in this
     process; each round times one step of every method, in a shuffled order, on the same random batch, so
@@ -142,9 +147,10 @@ def interleaved_step_seconds(args: argparse.Namespace, data: Path, root: Path) -
     timesteps = torch.randint(0, 1000, (args.batch,), generator=generator).to(device)
     context = torch.randn(args.batch, 77, base.config.cross_attention_dim, generator=generator).to(device)
 
+    timed = [*METHODS, CONTROL]
     steps: dict[str, Any] = {}
-    for method in METHODS:
-        config = parse_config(trainer_flags(method, args, data, root / "steps"))
+    for method in timed:
+        config = parse_config(trainer_flags(method.removesuffix("_control"), args, data, root / "steps"))
         unet = copy.deepcopy(base)
         roles = resolve_roles(config, unet)
         modules = sorted({m for blocks in roles.blocks.values() for m in target_modules(unet, blocks)})
@@ -159,11 +165,11 @@ def interleaved_step_seconds(args: argparse.Namespace, data: Path, root: Path) -
             optimizer.zero_grad(set_to_none=True)
 
         steps[method] = step
-    seconds: dict[str, list[float]] = {m: [] for m in METHODS}
-    for method in [*METHODS, *METHODS]:  # warm-up
+    seconds: dict[str, list[float]] = {m: [] for m in timed}
+    for method in [*timed, *timed]:  # warm-up
         steps[method]()
     for round_ in range(args.step_rounds):
-        order = list(METHODS)
+        order = list(timed)
         random.Random(round_).shuffle(order)
         for method in order:
             if device == "cuda":
@@ -230,9 +236,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         }
     if args.step_rounds:
         step_seconds = interleaved_step_seconds(args, data, root)
-        for method, seconds in step_seconds.items():
-            report[method]["step_ms"] = round(seconds * 1000, 2)
-            report[method]["step_speed_ratio"] = round(step_seconds["plain"] / seconds, 3)
+        for method in METHODS:
+            report[method]["step_ms"] = round(step_seconds[method] * 1000, 2)
+            report[method]["step_speed_ratio"] = round(step_seconds["plain"] / step_seconds[method], 3)
+        report["step_control_ratio"] = round(step_seconds["plain"] / step_seconds[CONTROL], 3)
         report["step_speed_ratio"] = {m: report[m]["step_speed_ratio"] for m in ("blora", "b4m")}
     report["speed_ratio"] = {m: report[m]["speed_ratio"] for m in ("blora", "b4m")}
     report["peak_memory_ratio"] = {m: report[m]["peak_memory_ratio"] for m in ("blora", "b4m")}

@@ -111,3 +111,4 @@ def test_lora_speed_reduced(capsys):
         assert report[method]["step_ms"] > 0
         assert report["step_speed_ratio"][method] == report[method]["step_speed_ratio"] > 0
         assert report["peak_memory_ratio"][method] == report[method]["peak_memory_ratio"] > 0
+    assert report["step_control_ratio"] > 0
