@@ -28,6 +28,23 @@ def make_image(seed: int, size: int = 64) -> np.ndarray:
     return (np.clip(image, 0, 1) * 255).astype(np.uint8)
 
 
+def write_images(folder: Path, images: np.ndarray) -> Path:
+    """Save HxWx3 uint8 images as ``00.png``, ``01.png``, ... in ``folder`` (created); returns it."""
+    import PIL.Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, image in enumerate(images):
+        PIL.Image.fromarray(image).save(folder / f"{i:02d}.png")
+    return folder
+
+
+def write_style_images(folder: Path) -> Path:
+    """Two 64 px world images of one style (seed 0): the training set of the tiny LoRA runs."""
+    from stylekit.data import style_set
+
+    return write_images(folder, style_set(np.random.default_rng(0), 2, size=64).images)
+
+
 @pytest.fixture(scope="session")
 def tiny_sd():
     from stylekit import load_pipeline

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_image
+from conftest import make_image, write_style_images
 from PIL import Image
 
 gr = pytest.importorskip("gradio", reason="the app needs the [app] extra (gradio)")
@@ -267,12 +267,8 @@ def test_video_tab_restyles_a_clip(tiny_handlers, files, tmp_path: Path) -> None
 @pytest.mark.skipif(not available("lora"), reason="LoRA styles (stylekit.lora_style) not installed")
 def test_lora_tab_composes_adapters_with_styleid(tiny_handlers, files, tmp_path: Path) -> None:
     from stylekit.adapters.train_lora import TrainLoRAConfig, run
-    from stylekit.data import style_set
 
-    data = tmp_path / "data"
-    data.mkdir()
-    for i, image in enumerate(style_set(np.random.default_rng(0), 2, size=64).images):
-        Image.fromarray(image).save(data / f"{i}.png")
+    data = write_style_images(tmp_path / "data")
     config = TrainLoRAConfig(
         method="blora",
         pretrained_model_name_or_path="tiny-sd",

@@ -10,6 +10,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
+from conftest import write_images
 from safetensors.torch import load_file
 
 from stylekit.adapters.lora_data import draw_batch, load_image_set
@@ -25,13 +26,6 @@ from stylekit.lora import KOHYA_WEIGHT_NAME, LORA_WEIGHT_NAME, block_of
 from stylekit.models import MINI_PATH
 
 HAS_MINI = (MINI_PATH / "model_index.json").exists()
-
-
-def write_images(folder: Path, images: np.ndarray) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    for i, image in enumerate(images):
-        PIL.Image.fromarray(image).save(folder / f"{i:02d}.png")
-    return folder
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
+from conftest import write_style_images
 
 from stylekit.adapters import lora_b4m, train_lora
 from stylekit.adapters.lora_data import bucket_sizes, load_image_set, nearest_bucket
@@ -105,10 +106,7 @@ def test_b4m_split_trains_only_half_size_tensors_like_the_masked_full_ones():
 
 
 def test_b4m_run_reports_half_trainable_and_writes_full_size_files(tmp_path):
-    data = tmp_path / "data"
-    data.mkdir()
-    for i, image in enumerate(style_set(np.random.default_rng(0), 2, size=64).images):
-        PIL.Image.fromarray(image).save(data / f"{i}.png")
+    data = write_style_images(tmp_path / "data")
     out = tmp_path / "out"
     run(
         TrainLoRAConfig(

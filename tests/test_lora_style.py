@@ -5,24 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import PIL.Image
 import pytest
 import torch
-from conftest import write_wider_lora
+from conftest import write_style_images, write_wider_lora
 
 from stylekit import StyleCondition
 from stylekit.adapters.train_lora import TrainLoRAConfig, run
-from stylekit.data import style_set
 from stylekit.lora_style import LoRAStyle
 
 
 @pytest.fixture(scope="module")
 def adapters(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("lora_style")
-    data = root / "data"
-    data.mkdir()
-    for i, image in enumerate(style_set(np.random.default_rng(0), 2, size=64).images):
-        PIL.Image.fromarray(image).save(data / f"{i}.png")
+    data = write_style_images(root / "data")
     out = root / "out"
     run(
         TrainLoRAConfig(
