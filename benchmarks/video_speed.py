@@ -1,7 +1,7 @@
 """Speed and memory of video style transfer; prints one JSON line.
 
 Usage: ``python benchmarks/video_speed.py [--model tiny-sd] [--frames 8] [--steps 10] [--size 64]
-[--window 8] [--repeats 2] [--memory-size 128] [--memory-runs 3] [--threads 1]``
+[--window 8] [--repeats 2] [--memory-size 128] [--memory-runs 3] [--threads 1] [--device cpu]``
 
 - ``fps_ratio``: frames/s of ``VideoStyleTransferPipeline`` (StyleID + cross-frame attention + a motion
   adapter, style inversion cached as in any repeated use) / frames/s of stock diffusers
@@ -18,8 +18,8 @@ Usage: ``python benchmarks/video_speed.py [--model tiny-sd] [--frames 8] [--step
 - ``fps_ratio_consistent``: the same for the configuration that meets the temporal-consistency target in
   ``benchmarks/video_quality.py`` (cross-frame attention + ``temporal_fusion=0.8``, no motion adapter: the
   image UNet samples), against the same stock pipeline (which needs its motion adapter).
-- ``memory_ratio_4x_window``: peak resident-memory growth during a call on a video 4x the window length /
-  the same on a video of one window (each in a fresh subprocess, RSS sampled every 2 ms; frames streamed
+- ``memory_ratio_4x_window``: peak resident-memory growth (``--device cuda``: growth of the allocator's
+  peak) during a call on a video 4x the window length / the same on a video of one window (each in a fresh subprocess, RSS sampled every 2 ms; frames streamed
   to a file, so what grows with the length is only the returned frames); the median of ``--memory-runs``
   processes per length (single runs vary by about 20 MB), each run's figure in ``memory_runs_mb``.
 """
@@ -47,8 +47,9 @@ def _rss() -> int:
         return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def build(model: str, seed: int = 0):
-    """(VideoStyleTransferPipeline, stock AnimateDiffVideoToVideoPipeline, motion adapter) on shared components."""
+def build(model: str, seed: int = 0, device: str = "cpu"):
+    """(VideoStyleTransferPipeline, stock AnimateDiffVideoToVideoPipeline, motion adapter) on shared components,
+    on ``device``."""
     from diffusers import AnimateDiffVideoToVideoPipeline
 
     from stylekit import load_pipeline
@@ -63,6 +64,7 @@ def build(model: str, seed: int = 0):
     )
     for pipe in (ours, stock):
         pipe.set_progress_bar_config(disable=True)
+        pipe.to(device)
     return ours, stock, adapter
 
 
@@ -72,12 +74,17 @@ def clip(frames: int, size: int, seed: int = 0) -> np.ndarray:
     return sample_video(np.random.default_rng(seed), frames, size).frames
 
 
-def measure_memory(model: str, frames: int, window: int, size: int, steps: int) -> int:
-    """Peak RSS growth (bytes) of one streamed call (run in a fresh process)."""
-    ours, _, _ = build(model)
+def measure_memory(model: str, frames: int, window: int, size: int, steps: int, device: str = "cpu") -> int:
+    """Peak memory growth (bytes) of one streamed call (run in a fresh process): resident memory on the CPU,
+    ``torch.cuda.max_memory_allocated`` on CUDA."""
+    ours, _, _ = build(model, device=device)
     video = clip(frames, size)
     style = clip(2, size, seed=1)[0]
-    baseline = _rss()
+    cuda = device.startswith("cuda")
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    baseline = torch.cuda.memory_allocated() if cuda else _rss()
     peak = [baseline]
     done = threading.Event()
 
@@ -102,6 +109,8 @@ def measure_memory(model: str, frames: int, window: int, size: int, steps: int) 
         )
     done.set()
     thread.join()
+    if cuda:
+        return torch.cuda.max_memory_allocated() - baseline
     return peak[0] - baseline
 
 
@@ -116,18 +125,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory-size", type=int, default=128)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument(
+        "--device", default="cpu", help="cpu or cuda[:N] (memory: RSS on cpu, allocator peak on cuda)"
+    )
+    parser.add_argument(
         "--memory-runs", type=int, default=3, help="fresh processes per length (median counts)"
     )
     parser.add_argument("--measure-memory", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.device != "cpu" and not (args.device.startswith("cuda") and torch.cuda.is_available()):
+        parser.error(f"--device {args.device}: expected cpu, or cuda[:N] on a machine with CUDA")
     torch.set_num_threads(args.threads)
     if args.measure_memory is not None:
-        print(measure_memory(args.model, args.measure_memory, args.window, args.memory_size, args.steps))
+        print(
+            measure_memory(
+                args.model, args.measure_memory, args.window, args.memory_size, args.steps, args.device
+            )
+        )
         return 0
 
     from PIL import Image
 
-    ours, stock, adapter = build(args.model)
+    ours, stock, adapter = build(args.model, device=args.device)
     video = clip(args.frames, args.size)
     style = clip(2, args.size, seed=1)[0]
     frames_pil = [Image.fromarray(f) for f in video]
@@ -223,7 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     def memory(frames: int) -> list[int]:
         """Peak RSS growth of ``--memory-runs`` fresh processes (RSS growth varies by ~20 MB run to run)."""
         command = [sys.executable, __file__, "--model", args.model, "--window", str(args.window), "--steps", str(args.steps),
-                   "--memory-size", str(args.memory_size), "--threads", str(args.threads), "--measure-memory", str(frames)]  # fmt: skip
+                   "--memory-size", str(args.memory_size), "--threads", str(args.threads), "--device", args.device,
+                   "--measure-memory", str(frames)]  # fmt: skip
         runs = [
             subprocess.run(command, capture_output=True, text=True, check=True)
             for _ in range(args.memory_runs)
@@ -235,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     line = {
         "benchmark": "video_speed",
         "model": args.model,
+        "device": args.device,
         "frames": args.frames,
         "steps": args.steps,
         "size": args.size,

@@ -1,4 +1,4 @@
-"""The quality benchmarks run end to end on a reduced setting (tiny-sd): output format and anchors."""
+"""The benchmarks run end to end on a reduced setting (tiny-sd): output format and anchors."""
 
 from __future__ import annotations
 
@@ -112,3 +112,26 @@ def test_lora_speed_reduced(capsys):
         assert report["step_speed_ratio"][method] == report[method]["step_speed_ratio"] > 0
         assert report["peak_memory_ratio"][method] == report[method]["peak_memory_ratio"] > 0
     assert report["step_control_ratio"] > 0
+
+
+def test_video_speed_reduced(capsys):
+    """Ours inverts the frames and samples (2 x steps UNet calls), stock samples with CFG (steps calls)."""
+    _load("video_speed").main(
+        ["--frames", "4", "--window", "4", "--steps", "2", "--size", "32", "--repeats", "1"]
+        + ["--memory-runs", "1", "--memory-size", "32"]
+    )
+    report = _one_json_line(capsys)
+    assert report["device"] == "cpu"
+    assert report["unet_calls"]["ours"] == 4 and report["unet_calls"]["stock"] == 2
+    assert report["fps_ratio"] == pytest.approx(report["fps"] / report["fps_stock"], rel=0.01)
+    assert report["memory_1x_window_mb"] > 0 and report["memory_ratio_4x_window"] > 0
+
+
+def test_video_speed_refuses_a_device_this_machine_lacks():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(SystemExit) as exit_info:
+        _load("video_speed").main(["--device", "cuda"])
+    assert exit_info.value.code == 2
