@@ -255,3 +255,35 @@ def make_fused_state(
         else:
             fused[key] = s.clone()
     return fused
+
+
+def _full_matrix(projection: torch.nn.Module) -> torch.Tensor:
+    """A LoRA projection's full-size weight as a matrix (a convolution's down flattened to ``(r, in*k*k)``,
+    its 1x1 up to ``(out, r)``)."""
+    weight = projection.full if isinstance(projection, PartlyFrozenProjection) else projection.weight
+    return weight.detach().flatten(1)
+
+
+@torch.no_grad()
+def riemannian_precondition(unet: torch.nn.Module, reg: float, adapter: str = "default") -> int:
+    """Precondition every LoRA layer's gradients in place (Riemannian-preconditioned LoRA, Zhang & Pilanci
+    2024; B4M's make stage uses it as AdamWr): ``g_A <- (B^T B + reg I)^-1 g_A`` and ``g_B <- g_B (A A^T +
+    reg I)^-1`` with the *full* ``r x r`` factors, frozen halves included. A split projection's learnable block
+    is a set of whole columns of ``g_A`` / rows of ``g_B``, so preconditioning it equals slicing the
+    preconditioned full gradient. Same formula as peft's ``create_riemannian_optimizer`` (which sees only 2-D
+    parameters, so it would miss convolutions and use only the learnable halves). Returns the layers done."""
+    done = 0
+    for _, layer in lora_layers(unet, adapter):
+        down, up = layer.lora_A[adapter], layer.lora_B[adapter]
+        a, b = _full_matrix(down).float(), _full_matrix(up).float()
+        eye = torch.eye(a.shape[0], device=a.device)
+        for projection, factor, left in ((down, b.T @ b, True), (up, a @ a.T, False)):
+            param = learnable_parameter(projection)
+            if param.grad is None:
+                continue
+            inverse = torch.linalg.pinv(factor + reg * eye)
+            grad = param.grad.flatten(1) if left else param.grad.reshape(param.grad.shape[0], -1)
+            new = inverse @ grad.float() if left else grad.float() @ inverse
+            param.grad.copy_(new.reshape(param.grad.shape).to(param.grad.dtype))
+        done += 1
+    return done

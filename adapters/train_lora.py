@@ -52,6 +52,7 @@ from stylekit.lora import (
 from stylekit.training.checkpoint import atomic_directory
 from stylekit.training.memory import RegionPeakMemory
 
+from .lora_b4m import riemannian_precondition
 from .lora_data import (
     ImageSet,
     PromptCache,
@@ -148,6 +149,12 @@ class TrainLoRAConfig:
     adam_epsilon: float = _help("AdamW epsilon", default=1e-8)
     max_grad_norm: float = _help("gradient clipping norm (0 = off)", default=1.0)
     use_8bit_adam: bool = _help("bitsandbytes AdamW8bit (CUDA only)", default=False)
+    riemannian_precondition: bool = _help(
+        "precondition each LoRA layer's gradients by its r x r factors before the optimizer step "
+        "(Riemannian-preconditioned LoRA; the official B4M make stage's AdamWr)",
+        default=False,
+    )
+    riemannian_reg: float = _help("damping added to the r x r factors before inversion", default=1e-2)
     mixed_precision: str | None = _help(f"one of {PRECISIONS} (default: accelerate config)", default=None)
     gradient_checkpointing: bool = _help("UNet gradient checkpointing", default=False)
     seed: int = _help("seed of the data order, noise, timesteps and LoRA init", default=0)
@@ -203,6 +210,8 @@ class TrainLoRAConfig:
             value = getattr(self, name)
             if not math.isfinite(value) or value <= 0:
                 raise ValueError(f"--{name}: expected a positive number, got {value!r}")
+        if not (math.isfinite(self.riemannian_reg) and self.riemannian_reg >= 0):
+            raise ValueError(f"--riemannian_reg: expected a number >= 0, got {self.riemannian_reg!r}")
         if not (math.isfinite(self.bucket_max_ratio) and self.bucket_max_ratio >= 1):
             raise ValueError(f"--bucket_max_ratio: expected a number >= 1, got {self.bucket_max_ratio!r}")
         if self.aspect_buckets and self.style_loss_weight > 0:
@@ -727,6 +736,8 @@ def run(config: TrainLoRAConfig) -> dict[str, Any]:
                 loss = loss / config.gradient_accumulation_steps
                 accelerator.backward(loss)
             total += float(loss.detach())
+        if config.riemannian_precondition:  # before clipping, so the clip bounds the preconditioned step
+            riemannian_precondition(unet, config.riemannian_reg)
         if config.max_grad_norm > 0:
             accelerator.clip_grad_norm_([p for g in groups for p in g["params"]], config.max_grad_norm)
         optimizer.step()

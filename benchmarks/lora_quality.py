@@ -3,7 +3,8 @@
 Usage: ``python benchmarks/lora_quality.py [--model mini] [--methods blora,b4m] [--train-steps N] [--rank 8]
 [--lr LR] [--n 16] [--steps 20] [--guidance 4.0] [--probe-steps 300] [--detector-n 600] [--detector-val 400]
 [--content-blocks B,..] [--style-blocks B,..] [--style-content-blocks B,..] [--style-lr LR]
-[--style-train-steps N] [--style-start F] [--lora-blocks B,..] [--seed 0] [--work DIR]``
+[--style-train-steps N] [--style-start F] [--lora-blocks B,..] [--b4m-make-precondition] [--seed 0]
+[--work DIR]``
 (block lists: attention blocks, ResNets and ``*`` patterns, as the trainer's flags)
 
 1. A *subject* (one shape, lone object, one style A, ``--n-train`` images) and a *style* (a composite style B
@@ -338,7 +339,11 @@ def train(method: str, sets: dict[str, Any], args: argparse.Namespace, root: Pat
             **b4m,
         )
     )
-    make = {**b4m, "max_train_steps": max(1, train_steps // 3)}
+    make = {
+        **b4m,
+        "max_train_steps": max(1, train_steps // 3),
+        "riemannian_precondition": args.b4m_make_precondition,
+    }
     run(
         TrainLoRAConfig(
             instance_data_dir=str(dirs["subject"]),
@@ -430,6 +435,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--lora-blocks", default="", help="b4m: comma-separated blocks (default: every attention block)"
     )
+    parser.add_argument(
+        "--b4m-make-precondition",
+        action="store_true",
+        help="b4m: Riemannian-precondition the make stage's gradients (the official make stage's AdamWr)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--work", default=None, help="folder for data and adapters (default: a temp folder)")
@@ -466,6 +476,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "composed_style_steps": [args.style_start, 1.0],
         },
         "b4m_blocks": args.lora_blocks or "every attention block",
+        "b4m_make_precondition": args.b4m_make_precondition,
         "n": args.n,
         "subject_detector": check,
     }

@@ -278,6 +278,8 @@ def test_mixed_modes_and_sizes_are_converted(tmp_path):
         ({"aux_data_dir": ["x"]}, "--aux_prompt"),
         ({"method": "b4m", "b4m_stage": "make"}, "--content_lora"),
         ({"with_prior_preservation": True}, "--class_data_dir"),
+        ({"riemannian_reg": -0.1}, "--riemannian_reg"),
+        ({"riemannian_reg": float("nan")}, "--riemannian_reg"),
     ],
 )
 def test_bad_config_is_refused(tmp_path, overrides, message):

@@ -21,6 +21,7 @@ def test_lora_quality_reduced(capsys, tmp_path):
         + ["--style-train-steps", "2"]
         + ["--steps", "2", "--probe-steps", "2", "--detector-n", "300", "--detector-val", "200"]
         + ["--content-blocks", "up_blocks.2.attentions.0", "--style-start", "0.5", "--work", str(tmp_path)]
+        + ["--b4m-make-precondition"]
     )
     lines = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
     assert len(lines) == 1, lines
@@ -38,6 +39,7 @@ def test_lora_quality_reduced(capsys, tmp_path):
     assert report["blora_blocks"] == {"content": "up_blocks.2.attentions.0", "style": "preset"}
     assert report["methods"]["blora"]["lr"] == 3e-3 and report["methods"]["b4m"]["lr"] == 1e-2  # per method
     assert report["methods"]["b4m"]["train_steps"] == 2  # the flag overrides both methods' defaults
+    assert report["b4m_make_precondition"] is True
     assert report["blora_style_run"] == {
         "content_blocks": "mid_block.attentions.0,up_blocks.1.attentions.*",  # the default: attention only
         "lr": 0.01,

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import PIL.Image
 import pytest
 import torch
 from conftest import write_style_images
+from safetensors.torch import load_file
 
 from stylekit.adapters import lora_b4m, train_lora
 from stylekit.adapters.lora_data import bucket_sizes, load_image_set, nearest_bucket
@@ -105,32 +107,95 @@ def test_b4m_split_trains_only_half_size_tensors_like_the_masked_full_ones():
     assert set(merged) == set(reference) and all(merged[n].shape == reference[n].shape for n in merged)
 
 
+def test_riemannian_precondition_matches_peft_on_plain_lora():
+    """On plain 2-D LoRA layers the preconditioned step equals peft's create_riemannian_optimizer (SGD, lr 1)."""
+    from peft.optimizers import create_riemannian_optimizer
+
+    ours, reference = b4m_unet(), b4m_unet()  # B4M values (non-zero up), but plain full-size parameters
+    for unet in (ours, reference):
+        for name, module in unet.named_modules():  # peft's preconditioner sees 2-D LoRA layers only
+            if ".resnets." in name and hasattr(module, "lora_A"):
+                module.lora_A["default"].weight.requires_grad_(False)
+                module.lora_B["default"].weight.requires_grad_(False)
+    unet_loss(ours, 0).backward()
+    unet_loss(reference, 0).backward()
+    lora_b4m.riemannian_precondition(ours, reg=0.01)
+    with torch.no_grad():
+        for param in ours.parameters():
+            if param.requires_grad and param.grad is not None:
+                param.sub_(param.grad)
+    create_riemannian_optimizer(reference, torch.optim.SGD, lr=1.0, reg=0.01).step()
+    compared = 0
+    pairs = zip(ours.named_parameters(), reference.named_parameters(), strict=True)
+    for (_, got), (_, expected) in pairs:
+        if got.requires_grad:
+            torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6)
+            compared += 1
+    assert compared > 0
+
+
+def test_riemannian_precondition_of_split_halves_is_the_slice_of_the_full_one():
+    """Preconditioning uses the full factors (frozen halves included), also on convolutions: a split
+    projection's preconditioned gradient is the learnable block of the full-size one."""
+    full, split = b4m_unet(), b4m_unet()
+    lora_b4m.split_frozen_halves(split)
+    unet_loss(full, 1).backward()
+    unet_loss(split, 1).backward()
+    assert lora_b4m.riemannian_precondition(full, reg=0.01) == lora_b4m.riemannian_precondition(
+        split, reg=0.01
+    )
+    full_params = dict(full.named_parameters())
+    checked = set()
+    for name, kind, projection in lora_b4m.lora_projections(split):
+        reference = full_params[f"{name}.{kind}.default.weight"].grad
+        block = reference.narrow(
+            projection.dim, projection.size, reference.shape[projection.dim] - projection.size
+        )
+        torch.testing.assert_close(projection.learnable.grad, block, rtol=1e-4, atol=1e-7)
+        checked.add(projection.conv is not None)
+    assert checked == {True, False}  # linear and convolution layers
+
+
 def test_b4m_run_reports_half_trainable_and_writes_full_size_files(tmp_path):
     data = write_style_images(tmp_path / "data")
     out = tmp_path / "out"
-    run(
-        TrainLoRAConfig(
-            method="b4m",
-            pretrained_model_name_or_path="tiny-sd",
-            instance_data_dir=str(data),
-            instance_prompt="a [v]",
-            output_dir=str(out),
-            rank=2,
-            max_train_steps=2,
-            checkpointing_steps=0,
-            lora_blocks=list(BLOCKS),
+
+    def train(output_dir: Path, **extra: Any) -> dict[str, torch.Tensor]:
+        run(
+            TrainLoRAConfig(
+                method="b4m",
+                pretrained_model_name_or_path="tiny-sd",
+                instance_data_dir=str(data),
+                instance_prompt="a [v]",
+                output_dir=str(output_dir),
+                rank=2,
+                max_train_steps=2,
+                checkpointing_steps=0,
+                lora_blocks=list(BLOCKS),
+                **extra,
+            )
         )
-    )
+        return load_file(str(output_dir / "content" / "pytorch_lora_weights.safetensors"))
+
+    saved = train(out)
     summary = json.loads((out / "train_summary.json").read_text())
     assert summary["trainable_params"] == summary["frozen_params"] > 0
     assert summary["loop_memory"]["kind"] == "cpu_rss" and summary["loop_memory"]["peak_bytes"] > 0
-    from safetensors.torch import load_file
-
-    saved = load_file(str(out / "content" / "pytorch_lora_weights.safetensors"))
     assert sum(v.numel() for v in saved.values()) == 2 * summary["trainable_params"]
     # diffusers names attention LoRAs lora.down/lora.up and keeps peft's lora_A/lora_B on convolutions
     assert all(k.startswith("unet.") and k.endswith(DIFFUSERS_LORA_SUFFIXES) for k in saved)
     assert any(".resnets.0.conv1.lora_A." in k for k in saved) and any(".to_q.lora.down." in k for k in saved)
+
+    # Riemannian preconditioning changes the trained (learnable) halves and never the frozen ones
+    preconditioned = train(tmp_path / "preconditioned", riemannian_precondition=True)
+    assert preconditioned.keys() == saved.keys()
+    changed = False
+    for key, value in saved.items():
+        dim = 1 if (".lora_A." in key or ".lora.down." in key) else 0
+        half = value.shape[dim] // 2
+        assert torch.equal(preconditioned[key].narrow(dim, 0, half), value.narrow(dim, 0, half))
+        changed |= not torch.equal(preconditioned[key], value)
+    assert changed
 
 
 # ------------------------------------------------------------------------------------------ buckets
