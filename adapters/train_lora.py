@@ -475,12 +475,12 @@ def read_peft_adapter(path: str | Path) -> dict[str, torch.Tensor]:
 def attach_lora(
     unet: torch.nn.Module,
     config: TrainLoRAConfig,
-    modules: Sequence[str],
+    roles: Roles,
     weight_dtype: torch.dtype = torch.float32,
 ) -> tuple[list[dict[str, Any]], int]:
-    """Add the run's peft LoRA (one adapter "default" on ``modules``) to a frozen ``unet``, ready to train:
-    B4M's initialisation, make-stage load and frozen halves; the other weights cast to ``weight_dtype``;
-    gradient checkpointing when asked.
+    """Add the run's peft LoRA (one adapter "default" on every role's blocks) to a frozen ``unet``, ready to
+    train: B4M's initialisation, make-stage load and frozen halves; the other weights cast to
+    ``weight_dtype``; gradient checkpointing when asked.
 
     Returns:
         The optimizer's parameter groups (B4M break: primary and secondary projections with their lrs) and
@@ -488,6 +488,7 @@ def attach_lora(
     """
     from peft import LoraConfig
 
+    modules = sorted({m for blocks in roles.blocks.values() for m in target_modules(unet, blocks)})
     lora_config = LoraConfig(
         r=config.rank,
         lora_alpha=config.alpha,
@@ -581,7 +582,6 @@ def run(config: TrainLoRAConfig) -> dict[str, Any]:
     architecture = architecture_of(unet)
     resolution = config.resolution or int(unet.config.sample_size) * int(pipe.vae_scale_factor)
     roles = resolve_roles(config, unet)
-    modules = sorted({m for blocks in roles.blocks.values() for m in target_modules(unet, blocks)})
     if config.aspect_buckets:
         buckets = load_bucketed_sets(
             set_sources(config), resolution, bucket_step(pipe), config.bucket_max_ratio
@@ -601,7 +601,7 @@ def run(config: TrainLoRAConfig) -> dict[str, Any]:
     prompts.warm([p for group in bucket_sets for s in group for p in s.prompts])
 
     b4m = config.method == "b4m"
-    groups, frozen_params = attach_lora(unet, config, modules, weight_dtype)
+    groups, frozen_params = attach_lora(unet, config, roles, weight_dtype)
     trainable_params = sum(p.numel() for g in groups for p in g["params"])
     if config.use_8bit_adam:
         import bitsandbytes as bnb

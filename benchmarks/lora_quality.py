@@ -27,8 +27,8 @@ Usage: ``python benchmarks/lora_quality.py [--model mini] [--methods blora,b4m] 
    image's run has its own content blocks, lr and steps: by default the preset's attention blocks without its
    ResNets, 1e-2, half the subject run's steps (1,000), since a ResNet content half soaks up the style
    image's style); ``b4m`` binds each set to its own words as in its official scripts (subject ``"a [v] on
-   paper"``, style ``"a shape on [s] paper"``) and runs the content break (aux set: other styles), the style break (aux set: other
-   contents) and the make stage on both sets (fused adapter = the composition).
+   paper"``, style ``"a shape on [s] paper"``) and runs the content break (aux set: other styles), the style
+   break (aux set: other contents) and the make stage on both sets (fused adapter = the composition).
 4. ``--n`` images are generated (fixed seeds) with: the composition, the content adapter only, the style
    adapter only, from the method's prompt for that row (``PROMPTS``; b4m composes from ``"a [v] on [s]
    paper"``; recorded as ``prompts``); and with no adapter from ``"a [v] on paper"`` (the ``base`` row).

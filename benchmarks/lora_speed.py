@@ -133,7 +133,6 @@ def interleaved_step_seconds(args: argparse.Namespace, data: Path, root: Path) -
     import torch
 
     from stylekit.adapters.train_lora import attach_lora, parse_config, resolve_roles
-    from stylekit.lora import target_modules
     from stylekit.models import load_pipeline
 
     torch.set_num_threads(args.threads)
@@ -147,14 +146,12 @@ def interleaved_step_seconds(args: argparse.Namespace, data: Path, root: Path) -
     timesteps = torch.randint(0, 1000, (args.batch,), generator=generator).to(device)
     context = torch.randn(args.batch, 77, base.config.cross_attention_dim, generator=generator).to(device)
 
-    timed = [*METHODS, CONTROL]
+    timed = {**{m: m for m in METHODS}, CONTROL: "plain"}  # timed name -> its method
     steps: dict[str, Any] = {}
-    for method in timed:
-        config = parse_config(trainer_flags(method.removesuffix("_control"), args, data, root / "steps"))
+    for name, method in timed.items():
+        config = parse_config(trainer_flags(method, args, data, root / "steps"))
         unet = copy.deepcopy(base)
-        roles = resolve_roles(config, unet)
-        modules = sorted({m for blocks in roles.blocks.values() for m in target_modules(unet, blocks)})
-        groups, _ = attach_lora(unet, config, modules)
+        groups, _ = attach_lora(unet, config, resolve_roles(config, unet))
         unet.to(device).train()
         optimizer = torch.optim.AdamW(groups)
 
@@ -164,21 +161,21 @@ def interleaved_step_seconds(args: argparse.Namespace, data: Path, root: Path) -
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
 
-        steps[method] = step
+        steps[name] = step
     seconds: dict[str, list[float]] = {m: [] for m in timed}
-    for method in [*timed, *timed]:  # warm-up
-        steps[method]()
+    for name in [*timed, *timed]:  # warm-up
+        steps[name]()
     for round_ in range(args.step_rounds):
         order = list(timed)
         random.Random(round_).shuffle(order)
-        for method in order:
+        for name in order:
             if device == "cuda":
                 torch.cuda.synchronize()
             begin = time.perf_counter()
-            steps[method]()
+            steps[name]()
             if device == "cuda":
                 torch.cuda.synchronize()
-            seconds[method].append(time.perf_counter() - begin)
+            seconds[name].append(time.perf_counter() - begin)
     return {m: statistics.median(v) for m, v in seconds.items()}
 
 

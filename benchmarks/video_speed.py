@@ -19,8 +19,9 @@ Usage: ``python benchmarks/video_speed.py [--model tiny-sd] [--frames 8] [--step
   ``benchmarks/video_quality.py`` (cross-frame attention + ``temporal_fusion=0.8``, no motion adapter: the
   image UNet samples), against the same stock pipeline (which needs its motion adapter).
 - ``memory_ratio_4x_window``: peak resident-memory growth (``--device cuda``: growth of the allocator's
-  peak) during a call on a video 4x the window length / the same on a video of one window (each in a fresh subprocess, RSS sampled every 2 ms; frames streamed
-  to a file, so what grows with the length is only the returned frames); the median of ``--memory-runs``
+  peak) during a call on a video 4x the window length / the same on a video of one window (each in a fresh
+  subprocess, RSS sampled every 2 ms; frames streamed to a file, so what grows with the length is only the
+  returned frames); the median of ``--memory-runs``
   processes per length (single runs vary by about 20 MB), each run's figure in ``memory_runs_mb``.
 """
 
