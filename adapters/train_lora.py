@@ -37,6 +37,7 @@ from typing import Any
 
 import torch
 
+from stylekit.files import atomic_path, write_json_atomic
 from stylekit.lora import (
     LORA_WEIGHT_NAME,
     ROLES,
@@ -47,9 +48,7 @@ from stylekit.lora import (
     default_blocks,
     save_adapter,
     target_modules,
-    write_json_atomic,
 )
-from stylekit.training.checkpoint import atomic_directory
 from stylekit.training.memory import RegionPeakMemory
 
 from .lora_b4m import riemannian_precondition
@@ -838,7 +837,7 @@ def save_checkpoint(
     """``accelerator.save_state`` into a temporary folder, then rename to ``checkpoint-N`` (never half-written);
     keep the newest ``limit``."""
     final = out / f"checkpoint-{step}"
-    with atomic_directory(final) as temp:
+    with atomic_path(final, folder=True) as temp:
         accelerator.save_state(str(temp))
         write_json_atomic(temp / "training_state.json", {"global_step": step, "history": history})
     if limit:

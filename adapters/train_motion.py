@@ -32,13 +32,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from stylekit.files import atomic_path
 from stylekit.images import fit_to_size
-from stylekit.training.checkpoint import (
-    atomic_directory,
-    load_checkpoint,
-    resolve_checkpoint,
-    save_checkpoint,
-)
+from stylekit.training.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
 from stylekit.video_io import FFMPEG_SUFFIXES, GIF_SUFFIXES, read_video
 
 ADAPTER_DIR = "motion_adapter"
@@ -218,7 +214,7 @@ def save_motion_adapter(
     adapter.load_state_dict(motion_state_dict(unet), strict=True)
     if dtype is not None:
         adapter.to(dtype)
-    with atomic_directory(path) as temp:
+    with atomic_path(path, folder=True) as temp:
         adapter.save_pretrained(temp, safe_serialization=True)
     return path
 

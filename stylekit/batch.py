@@ -17,18 +17,18 @@ import hashlib
 import io
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from stylekit.files import TEMP_SUFFIX, atomic_path
 
 IMAGE_EXTENSIONS = frozenset(
     {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".ppm", ".pgm", ".pnm"}
 )
 PARAMETERS_KEY = "parameters"
 TEXT_PREFIX = "stylekit:"
-TEMP_SUFFIX = ".tmp"
 
 # Settings that change the pixels of an output; an existing output is reused only if they all match.
 RESULT_SETTINGS = (
@@ -169,17 +169,10 @@ def write_atomic(path: Path, data: bytes) -> None:
     new one, never a partial file; the temp file is removed. The file gets the usual permissions
     (0666 minus the umask).
     """
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as temp, open(temp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def write_png_atomic(image: Any, path: Path, text: Mapping[str, str]) -> None:
@@ -192,12 +185,6 @@ def write_png_atomic(image: Any, path: Path, text: Mapping[str, str]) -> None:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", pnginfo=info)
     write_atomic(path, buffer.getvalue())
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def remove_stale_temps(out_dir: Path, pairs: Iterable[Pair]) -> int:

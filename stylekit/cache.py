@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import threading
 import warnings
 from collections import OrderedDict
@@ -28,6 +26,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from safetensors import SafetensorError
+
+from stylekit.files import atomic_path
 
 if TYPE_CHECKING:  # torch is imported where tensors are handled, so `stylekit --help` starts without it
     import torch
@@ -154,14 +154,8 @@ class InversionCache:
         if path is not None:
             tensors = {name: t.to("cpu") for name, t in tensors.items()}
             metadata = {"key": json.dumps(asdict(key), default=list), "sha256": _tensors_sha256(tensors)}
-            fd, tmp = tempfile.mkstemp(prefix=f".{digest[:16]}.", suffix=".tmp", dir=path.parent)
-            os.close(fd)
-            try:
-                save_file(tensors, tmp, metadata=metadata)
-                os.replace(tmp, path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            with atomic_path(path) as temp:
+                save_file(tensors, str(temp), metadata=metadata)
 
     def clear(self) -> int:
         """Drop every entry (memory and disk); returns the number of files removed."""

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
-import os
 import re
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -232,11 +230,11 @@ def save_adapter(
     from diffusers.utils import convert_state_dict_to_diffusers, convert_state_dict_to_kohya
     from safetensors.torch import save_file
 
-    from stylekit.training.checkpoint import atomic_directory
+    from stylekit.files import atomic_path
 
     directory = Path(directory)
     state = {k: v.detach().float().cpu().contiguous() for k, v in peft_state.items()}
-    with atomic_directory(directory) as temp:
+    with atomic_path(directory, folder=True) as temp:
         writer = StableDiffusionXLPipeline if architecture == "sdxl" else StableDiffusionPipeline
         writer.save_lora_weights(
             temp,
@@ -260,12 +258,3 @@ def read_info(path: str | Path) -> dict[str, Any]:
     folder = Path(path) if Path(path).is_dir() else Path(path).parent
     info = folder / INFO_NAME
     return json.loads(info.read_text()) if info.is_file() else {}
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to ``path`` through a temporary file and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as handle:
-        json.dump(data, handle, indent=1, default=str)
-    os.replace(temp, path)

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from stylekit.conditioning import ImageLike
+from stylekit.files import atomic_path
 from stylekit.images import load_image
 
 CHECKPOINT_ENV = "STYLEKIT_SAM_CHECKPOINT"
@@ -503,9 +504,7 @@ def main(argv: list[str] | None = None) -> int:
     mask = masker.predict_many(image, [prompt])[0]
     soft = feather_mask(torch.from_numpy(mask).float(), args.feather).numpy()
     out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    Image.fromarray(np.round(soft * 255).astype(np.uint8)).save(tmp, format="PNG")
-    tmp.replace(out)
+    with atomic_path(out) as temp:
+        Image.fromarray(np.round(soft * 255).astype(np.uint8)).save(temp, format="PNG")
     print(f"{out}: {int(mask.sum())} of {mask.size} pixels")
     return 0

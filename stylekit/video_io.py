@@ -18,10 +18,7 @@ sizes) raises ``VideoIOError`` (a ``ValueError``) naming the argument, before an
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +29,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from stylekit.files import atomic_path
 from stylekit.images import InputImageError, load_image
 
 FFMPEG_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v")
@@ -330,6 +328,7 @@ class VideoWriter:
         self.count = 0
         self._size: tuple[int, int] | None = None
         self._tmp: Path | None = None
+        self._output: Any = None  # the atomic_path context that owns _tmp
         self._encoder: Any = None
         self._gif_frames: list[Image.Image] = []
 
@@ -340,14 +339,9 @@ class VideoWriter:
         if self.path.exists() and not self.overwrite:
             if not (self.path.is_dir() and not any(self.path.iterdir())):
                 raise VideoIOError(f"output: {self.path} exists (pass overwrite=True to replace it)")
-        if self.kind == "folder":
-            self._tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=parent))
-        else:
-            fd, tmp = tempfile.mkstemp(
-                prefix=f".{self.path.stem}.", suffix=f".tmp{self.path.suffix}", dir=parent
-            )
-            os.close(fd)
-            self._tmp = Path(tmp)
+        # ffmpeg picks the container from the temporary file's suffix, so it ends in the target's
+        self._output = atomic_path(self.path, folder=self.kind == "folder", suffix=f".tmp{self.path.suffix}")
+        self._tmp = self._output.__enter__()
         return self
 
     def append(self, frame: Any) -> None:
@@ -396,26 +390,24 @@ class VideoWriter:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        assert self._tmp is not None
-        tmp = self._tmp
+        assert self._tmp is not None and self._output is not None
+        tmp, output = self._tmp, self._output
+        self._tmp = self._output = None
         try:
             if exc_type is None and self.count == 0:
                 raise VideoIOError("frames: the video has zero frames; nothing written")
             if self._encoder is not None:
                 encoder, self._encoder = self._encoder, None
                 encoder.close()
-            if exc_type is not None:
-                return
-            if self.kind == "gif":
-                self._write_gif(tmp)
-            elif self.kind == "folder":
-                (tmp / META_FILE).write_text(json.dumps({"fps": self.fps, "frames": self.count}))
-            _replace(tmp, self.path)
-            self._tmp = None
-        finally:
-            if self._tmp is not None:
-                _remove(tmp)
-                self._tmp = None
+            if exc_type is None:
+                if self.kind == "gif":
+                    self._write_gif(tmp)
+                elif self.kind == "folder":
+                    (tmp / META_FILE).write_text(json.dumps({"fps": self.fps, "frames": self.count}))
+        except BaseException as error:
+            output.__exit__(type(error), error, error.__traceback__)  # removes the temporary output
+            raise
+        output.__exit__(exc_type, exc, tb)  # renames it onto the target, or removes it on an error
 
     def _write_gif(self, tmp: Path) -> None:
         duration = 1000.0 / self.fps
@@ -430,29 +422,6 @@ class VideoWriter:
             loop=0,
             comment=comment,
         )
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
-
-
-def _replace(tmp: Path, target: Path) -> None:
-    """Rename ``tmp`` onto ``target`` (a file, or a folder that may already exist)."""
-    if tmp.is_dir() and target.exists():
-        old = target.with_name(f".{target.name}.old")
-        _remove(old)
-        os.replace(target, old)
-        try:
-            os.replace(tmp, target)
-        except BaseException:
-            os.replace(old, target)
-            raise
-        _remove(old)
-        return
-    os.replace(tmp, target)
 
 
 def write_video(

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from diffusers.models.embeddings import ImageProjection
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from stylekit.files import atomic_path
 from stylekit.tokens.latent_stats import LatentStatsHead
 
 CONFIG_NAME = "config.json"
@@ -308,15 +308,8 @@ class StyleTokenAdapter(nn.Module):
             ),
             (CONFIG_NAME, lambda p: Path(p).write_text(self.config.to_json() + "\n")),
         ):
-            fd, temp = tempfile.mkstemp(prefix=f".{name}.", dir=directory)
-            os.close(fd)
-            try:
-                write(temp)
-                os.chmod(temp, 0o644)
-                os.replace(temp, directory / name)
-            except BaseException:
-                Path(temp).unlink(missing_ok=True)
-                raise
+            with atomic_path(directory / name) as temp:
+                write(str(temp))
         return directory
 
     @classmethod

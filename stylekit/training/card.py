@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import os
 import platform
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from stylekit.files import atomic_path
 
 REPRODUCE = (
     "HF_HUB_OFFLINE=1 accelerate launch --num_processes 1 -m stylekit.training.train_mini \\\n"
@@ -210,9 +211,6 @@ def write_model_card(config: Any) -> Path:
     vae = _load(Path(config.checkpoint_dir) / "summary-vae.json")
     unet = _load(Path(config.checkpoint_dir) / "summary-unet.json")
     text = render_card(config, vae, unet, folder_sizes(out))
-    fd, temp = tempfile.mkstemp(prefix=".README.md.", dir=out)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.chmod(temp, 0o644)  # mkstemp makes owner-only files
-    os.replace(temp, out / "README.md")
+    with atomic_path(out / "README.md") as temp:
+        temp.write_text(text)
     return out / "README.md"

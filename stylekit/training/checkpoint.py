@@ -9,17 +9,15 @@ to a temporary folder and renamed into place, so a folder with that name is alwa
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from stylekit.files import atomic_path
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 
@@ -120,7 +118,7 @@ def save_checkpoint(
     """
     directory = Path(directory)
     final = directory / checkpoint_name(step)
-    with atomic_directory(final) as temp:
+    with atomic_path(final, folder=True) as temp:
         save_file(_module_tensors(modules), str(temp / "modules.safetensors"))
         save_file(_module_tensors(ema), str(temp / "ema.safetensors"))
         opt_tensors, opt_meta = _flatten_optimizer(optimizer_state)
@@ -146,40 +144,3 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     ema = _split_modules(load_file(str(path / "ema.safetensors")), meta["ema"])
     optimizer = _unflatten_optimizer(load_file(str(path / "optimizer.safetensors")), meta.pop("optimizer"))
     return {"modules": modules, "ema": ema, "optimizer": optimizer, "state": meta}
-
-
-def _readable(folder: Path) -> None:
-    """Folders 0755 and files 0644 (``mkdtemp`` / some writers make owner-only ones)."""
-    os.chmod(folder, 0o755)
-    for path in folder.rglob("*"):
-        os.chmod(path, 0o755 if path.is_dir() else 0o644)
-
-
-@contextmanager
-def atomic_directory(target: str | Path) -> Iterator[Path]:
-    """Write a folder atomically: yields an empty temporary folder next to ``target``; when the block ends
-    normally it replaces ``target`` (:func:`replace_dir_atomic`), when it raises it is removed, so ``target``
-    is never half-written."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        yield temp
-        replace_dir_atomic(temp, target)
-    except BaseException:
-        shutil.rmtree(temp, ignore_errors=True)
-        raise
-
-
-def replace_dir_atomic(source: Path, target: Path) -> None:
-    """Move the finished folder ``source`` to ``target``, replacing an existing ``target`` (old one removed
-    only after the new one is in place)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    _readable(source)
-    old = None
-    if target.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
-        os.replace(target, old / target.name)
-    os.replace(source, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

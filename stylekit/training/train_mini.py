@@ -17,9 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -30,6 +28,7 @@ import numpy as np
 import torch
 
 from stylekit.data import SPLITS
+from stylekit.files import atomic_path, write_json_atomic
 
 from .architecture import (
     MiniArchitecture,
@@ -42,7 +41,7 @@ from .architecture import (
     count_parameters,
     fold_latent_normalization,
 )
-from .checkpoint import atomic_directory, load_checkpoint, resolve_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
 from .data import STAGE_IDS, build_latent_pool, pool_rows, step_rng, world_batch
 from .ema import EMA
 
@@ -216,15 +215,6 @@ def torch_generator(seed: int, stage: str, step: int, process_index: int) -> tor
     return torch.Generator().manual_seed(int(value))
 
 
-def _write_json_atomic(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as handle:
-        json.dump(data, handle, indent=1)
-    os.chmod(temp, 0o644)  # mkstemp makes owner-only files
-    os.replace(temp, path)
-
-
 def _save_component(module: Any, target: Path) -> None:
     """``save_pretrained`` a fp16 copy of ``module`` to ``target`` atomically (safetensors)."""
     import copy
@@ -233,7 +223,7 @@ def _save_component(module: Any, target: Path) -> None:
 
     verbosity = diffusers_logging.get_verbosity()
     try:
-        with atomic_directory(target) as temp:
+        with atomic_path(target, folder=True) as temp:
             if isinstance(module, torch.nn.Module):
                 diffusers_logging.set_verbosity_error()  # the fp16 cast is deliberate: no "keep in fp32" warning
                 copy.deepcopy(module).to(torch.float16).save_pretrained(temp, safe_serialization=True)
@@ -459,7 +449,7 @@ def train_vae(config: TrainMiniConfig, accelerator: Any) -> dict[str, Any]:
         )
         reconstruction_grid(shipped).save(out / "vae_reconstructions.png")
         summary["total_s"] = round(time.perf_counter() - started, 1)
-        _write_json_atomic(Path(config.checkpoint_dir) / "summary-vae.json", summary)
+        write_json_atomic(Path(config.checkpoint_dir) / "summary-vae.json", summary)
     accelerator.wait_for_everyone()
     return summary
 
@@ -584,7 +574,7 @@ def train_unet(config: TrainMiniConfig, accelerator: Any) -> dict[str, Any]:
             out / "samples_heldout.png"
         )
         summary["total_s"] = round(time.perf_counter() - started, 1)
-        _write_json_atomic(Path(config.checkpoint_dir) / "summary-unet.json", summary)
+        write_json_atomic(Path(config.checkpoint_dir) / "summary-unet.json", summary)
     accelerator.wait_for_everyone()
     return summary
 
@@ -606,7 +596,7 @@ def _write_model_index(out: Path) -> None:
         "unet": ["diffusers", "UNet2DConditionModel"],
         "vae": ["diffusers", "AutoencoderKL"],
     }
-    _write_json_atomic(out / "model_index.json", index)
+    write_json_atomic(out / "model_index.json", index)
 
 
 # --------------------------------------------------------------------------------------------------- CLI
@@ -694,7 +684,7 @@ def run(config: TrainMiniConfig) -> dict[str, Any]:
         accelerator.init_trackers("mini", config={k: str(v) for k, v in config.to_dict().items()})
     Path(config.output_dir).mkdir(parents=True, exist_ok=True)
     if accelerator.is_main_process:
-        _write_json_atomic(Path(config.checkpoint_dir) / f"config-{config.stage}.json", config.to_dict())
+        write_json_atomic(Path(config.checkpoint_dir) / f"config-{config.stage}.json", config.to_dict())
     results: dict[str, Any] = {}
     if config.stage in ("vae", "all"):
         results["vae"] = train_vae(config, accelerator)

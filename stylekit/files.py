@@ -1,0 +1,91 @@
+"""Atomic writes with the permissions of ordinary files.
+
+``tempfile.mkstemp`` / ``mkdtemp`` create owner-only entries (0600 / 0700); a file written through one and
+renamed into place would keep that mode. Everything stylekit writes goes through :func:`atomic_path`, which
+gives the result the mode a plain ``open()`` / ``mkdir()`` would have under the process's umask.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+TEMP_SUFFIX = ".tmp"
+
+
+def current_umask() -> int:
+    """The process's umask (read without changing it for longer than the call)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def make_readable(path: str | Path) -> None:
+    """Give ``path`` (and, for a folder, everything in it) the umask's default mode: files 0666 & ~umask,
+    folders 0777 & ~umask."""
+    mask = current_umask()
+    root = Path(path)
+    entries = [root, *root.rglob("*")] if root.is_dir() else [root]
+    for entry in entries:
+        os.chmod(entry, (0o777 if entry.is_dir() else 0o666) & ~mask)
+
+
+@contextmanager
+def atomic_path(target: str | Path, folder: bool = False, suffix: str = TEMP_SUFFIX) -> Iterator[Path]:
+    """Yield a temporary path next to ``target`` (an empty folder when ``folder``); when the block ends
+    without an error it gets the umask's default mode and is renamed onto ``target``, otherwise it is
+    removed and ``target`` is left as it was. The parent folder is created if missing.
+
+    A folder ``target`` that exists is replaced only after the new one is complete.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    prefix = f".{target.name}."
+    if folder:
+        temp = Path(tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=target.parent))
+    else:
+        fd, name = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=target.parent)
+        os.close(fd)
+        temp = Path(name)
+    try:
+        yield temp
+        make_readable(temp)
+        _replace(temp, target)
+    except BaseException:
+        _remove(temp)
+        raise
+
+
+def write_json_atomic(path: str | Path, data: Any) -> None:
+    """Write ``data`` as indented JSON to ``path`` atomically (see :func:`atomic_path`)."""
+    with atomic_path(path) as temp:
+        temp.write_text(json.dumps(data, indent=1, default=str))
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _replace(temp: Path, target: Path) -> None:
+    """Rename ``temp`` onto ``target`` (a file, or a folder that may already exist)."""
+    if not (temp.is_dir() and target.exists()):
+        os.replace(temp, target)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent)) / target.name
+    os.replace(target, old)
+    try:
+        os.replace(temp, target)
+    except BaseException:
+        os.replace(old, target)
+        raise
+    finally:
+        shutil.rmtree(old.parent, ignore_errors=True)
