@@ -284,10 +284,11 @@ def _run(handler: Callable[[], int], debug: bool) -> int:
     except KeyboardInterrupt:
         return _fail("interrupted", EXIT_INTERRUPTED)
     except SystemExit as exit_:  # a delegated module's own argparse (2 = bad usage) or sys.exit
-        code = (
-            exit_.code if isinstance(exit_.code, int) else (EXIT_OK if exit_.code is None else EXIT_FAILURE)
-        )
-        return code if code in (EXIT_OK, EXIT_USAGE) else EXIT_FAILURE
+        if exit_.code is None:
+            return EXIT_OK
+        if not isinstance(exit_.code, int):  # sys.exit("message"): the message is the error
+            return _fail(str(exit_.code), EXIT_FAILURE)
+        return exit_.code if exit_.code in (EXIT_OK, EXIT_USAGE) else EXIT_FAILURE
     except Exception as error:
         if debug:
             traceback.print_exc()

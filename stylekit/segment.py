@@ -135,12 +135,17 @@ def load_sam(
             f"kind: cannot tell vit_b / vit_l / vit_h from the file name {path.name!r}; pass kind="
         )
     sam = sa.sam_model_registry[kind](checkpoint=None)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
 
-        state = load_file(str(path))
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # a truncated / foreign file: torch and safetensors raise many kinds
+        raise ValueError(
+            f"checkpoint {path}: not a readable SAM checkpoint ({type(error).__name__}: {error})"
+        ) from error
     try:
         sam.load_state_dict(state)
     except RuntimeError as error:
@@ -481,7 +486,7 @@ def _numbers(text: str, count: int, flag: str) -> tuple[float, ...]:
     except ValueError:
         values = ()
     if len(values) != count:
-        raise SystemExit(f"{flag}: expected {count} comma-separated numbers, got {text!r}")
+        raise ValueError(f"{flag}: expected {count} comma-separated numbers, got {text!r}")
     return values
 
 
@@ -491,16 +496,20 @@ def main(argv: list[str] | None = None) -> int:
 
     from stylekit.regions import feather_mask
 
-    args = build_parser().parse_args(argv)
-    points = [_numbers(p, 2, "--point") for p in args.point]
-    negatives = [_numbers(p, 2, "--negative-point") for p in args.negative_point]
-    box = _numbers(args.box, 4, "--box") if args.box else None
-    if not points and box is None:
-        raise SystemExit("give at least one --point or a --box")
-    prompt = Prompt(tuple(points), tuple(negatives), box)  # validated before the model loads
-    image = load_image(args.image, "image")
-    prompt.check_inside(image.height, image.width)
-    masker = SamMasker(checkpoint=args.checkpoint, kind=args.kind, device=args.device)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        points = [_numbers(p, 2, "--point") for p in args.point]
+        negatives = [_numbers(p, 2, "--negative-point") for p in args.negative_point]
+        box = _numbers(args.box, 4, "--box") if args.box else None
+        if not points and box is None:
+            raise ValueError("give at least one --point or a --box")
+        prompt = Prompt(tuple(points), tuple(negatives), box)  # validated before the model loads
+        image = load_image(args.image, "image")
+        prompt.check_inside(image.height, image.width)
+        masker = SamMasker(checkpoint=args.checkpoint, kind=args.kind, device=args.device)
+    except (ValueError, OSError) as error:  # bad input (InputImageError is a ValueError): exit 2
+        parser.error(str(error))
     mask = masker.predict_many(image, [prompt])[0]
     soft = feather_mask(torch.from_numpy(mask).float(), args.feather).numpy()
     out = Path(args.output)

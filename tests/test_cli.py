@@ -410,3 +410,11 @@ def test_accelerate_two_processes_split_the_pairs(reference: Run, inputs: Inputs
     assert written[0] and written[1] and not written[0] & written[1]
     assert written[0] | written[1] == NAMES
     assert_close_to(reference.out, out)
+
+
+def test_a_message_passed_to_sys_exit_is_printed(capsys):
+    def handler() -> int:
+        raise SystemExit("the reason")
+
+    assert cli._run(handler, debug=False) == 1
+    assert capsys.readouterr().err.strip() == "stylekit: error: the reason"

@@ -130,10 +130,32 @@ def test_cli_writes_a_mask_png(tiny_checkpoints, monkeypatch, tmp_path):
     assert main([str(image_path), "--point", "10,10", "--box", "2,2,40,30", "-o", str(out)]) == 0
     mask = np.asarray(Image.open(out))
     assert mask.shape == (48, 80) and set(np.unique(mask)) <= {0, 255}
-    with pytest.raises(SystemExit, match="--point: expected 2"):
-        main([str(image_path), "--point", "10", "-o", str(out)])
-    with pytest.raises(SystemExit, match="at least one --point or a --box"):
-        main([str(image_path), "-o", str(out)])
+
+
+def test_cli_bad_input_exits_2_with_the_reason(tiny_checkpoints, monkeypatch, tmp_path, capsys):
+    from stylekit.cli import main as stylekit
+
+    _, folder = tiny_checkpoints
+    image_path = tmp_path / "in.png"
+    Image.fromarray(_image(3)).save(image_path)
+    (tmp_path / "corrupt_vit_b.pth").write_bytes(np.random.default_rng(0).bytes(3000))
+    monkeypatch.setenv(CHECKPOINT_ENV, str(folder / "sam_vit_b_tiny.pth"))
+    out = tmp_path / "mask.png"
+    cases = {
+        "--point: expected 2": ["--point", "10"],
+        "at least one --point or a --box": [],
+        "outside the 80x48 image": ["--point", "500,10"],
+        "not a readable SAM checkpoint": [
+            "--point",
+            "10,10",
+            "--checkpoint",
+            str(tmp_path / "corrupt_vit_b.pth"),
+        ],
+    }
+    for message, flags in cases.items():
+        assert stylekit(["segment", str(image_path), "-o", str(out), *flags]) == 2, message
+        assert message in capsys.readouterr().err
+    assert not out.exists()
 
 
 class OracleMasker:
