@@ -436,11 +436,16 @@ def _launcher_parser(prog: str, module: str) -> argparse.ArgumentParser:
     return parser
 
 
+TRAINER_PARSERS = ("parse_args", "parse_config")
+"""The names a trainer module's ``argv -> validated config`` function may have."""
+
+
 def _check_trainer_args(module: Any, args: list[str]) -> None:
-    """Run the trainer's own ``parse_args`` on ``args`` in this process; ``InputError`` with its message."""
-    parse = getattr(module, "parse_args", None)
+    """Run the trainer's own argument parser (``parse_args`` / ``parse_config``) on ``args`` in this
+    process; ``InputError`` with its message."""
+    parse = next((getattr(module, n) for n in TRAINER_PARSERS if hasattr(module, n)), None)
     if parse is None:
-        return
+        raise RuntimeError(f"{module.__name__} has none of {TRAINER_PARSERS} to check its arguments with")
     stderr = io.StringIO()
     try:
         with contextlib.redirect_stderr(stderr):

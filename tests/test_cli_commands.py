@@ -183,6 +183,21 @@ def test_train_extractor_help_shows_launcher_and_trainer_options() -> None:
     assert code == 0 and "--num-processes" in out and "--max_steps" in out
 
 
+def test_train_lora_checks_trainer_arguments_and_shows_its_help(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("launched despite bad arguments"))
+    data = ["--instance_data_dir", str(tmp_path), "--instance_prompt", "a [v]", "--output_dir", str(tmp_path)]
+    cases = {
+        "unrecognized arguments: --bogus_flag": ["--bogus_flag", "3"],
+        "--rank": ["--rank", "-1", *data],
+        "--output_dir: required": ["--instance_data_dir", str(tmp_path), "--instance_prompt", "a [v]"],
+    }
+    for message, argv in cases.items():
+        code, _, err = run(["train-lora", "--dry-run", *argv])
+        assert code == 2 and message in one_error_line(err), argv
+    code, out, _ = run(["train-lora", "--help"])
+    assert code == 0 and "--num-processes" in out and "--instance_data_dir" in out
+
+
 def test_launcher_exit_code_follows_the_trainer(monkeypatch) -> None:
     for returncode, expected in ((0, 0), (1, 1), (2, 1)):
         monkeypatch.setattr(
