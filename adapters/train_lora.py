@@ -636,10 +636,17 @@ def run(config: TrainLoRAConfig) -> dict[str, Any]:
         for _ in range(len(models)):
             models.pop()
         state = load_file(os.path.join(input_dir, "lora_state.safetensors"))
-        if set(state) != set(lora_weights(unet)):
+        current = lora_weights(unet)
+        if set(state) != set(current):
             raise ValueError(
                 f"--resume_from_checkpoint: {input_dir} was written by a run with other blocks/rank"
             )
+        for name, tensor in state.items():
+            if tensor.shape != current[name].shape:
+                raise ValueError(
+                    f"--resume_from_checkpoint: {input_dir} was written by a run with another --rank: "
+                    f"{name} is {tuple(tensor.shape)} there, {tuple(current[name].shape)} in this run"
+                )
         set_lora_weights(unet, state)
 
     accelerator.register_save_state_pre_hook(save_hook)

@@ -171,6 +171,13 @@ def test_resume_reproduces_uninterrupted_run_exactly(world_dirs, tmp_path):
         assert all(torch.equal(full[k], cut[k]) for k in full)
 
 
+def test_resume_with_another_rank_is_refused_clearly(world_dirs, tmp_path):
+    common = dict(train_batch_size=2, checkpointing_steps=1, max_train_steps=1)
+    run(tiny_config(tmp_path, world_dirs["style"], rank=2, **common))
+    with pytest.raises(ValueError, match=r"another --rank: .* is \(2, \d+\) there, \(4, \d+\) in this run"):
+        run(tiny_config(tmp_path, world_dirs["style"], rank=4, resume_from_checkpoint="latest", **common))
+
+
 def test_checkpoint_is_never_half_written(tmp_path):
     class FailingAccelerator:
         def save_state(self, path: str) -> None:
