@@ -160,17 +160,21 @@ def check_lora_fits(unet: Any, path: str | Path) -> dict[str, torch.Tensor]:
         ValueError: a key names a module the UNet lacks, or a shape differs (a LoRA for another
             architecture, e.g. an SDXL LoRA on an SD 1.x model).
     """
+    from diffusers.utils import convert_unet_state_dict_to_peft
+
     state = read_lora(path)
     modules = dict(unet.named_modules())
-    unet_keys = [
-        k for k in state if k.startswith("unet.") or k.startswith(("down_blocks", "mid_block", "up_blocks"))
-    ]
-    if not unet_keys:
+    unet_state = {
+        k: v for k, v in state.items() if k.startswith(("unet.", "down_blocks", "mid_block", "up_blocks"))
+    }
+    if not unet_state:
         raise ValueError(
             f"LoRA {path}: holds no UNet weights (keys like 'unet.up_blocks...lora.down.weight')"
         )
-    for key in unet_keys:
-        name = key.removeprefix("unet.")
+    # diffusers' kohya conversion gives the old attention-processor names (attn1.processor.to_k_lora.down)
+    unet_state = convert_unet_state_dict_to_peft(unet_state)
+    for key, tensor in unet_state.items():
+        name = key.removeprefix("unet.").replace(".processor.", ".")
         for tag in (".lora.down.weight", ".lora.up.weight", ".lora_A.weight", ".lora_B.weight", ".alpha"):
             if name.endswith(tag):
                 name = name[: -len(tag)]
@@ -182,7 +186,6 @@ def check_lora_fits(unet: Any, path: str | Path) -> dict[str, torch.Tensor]:
                 f"LoRA {path}: was trained for another architecture: key {key!r} names module {name!r}, which "
                 f"this UNet ({architecture_of(unet).upper()}, blocks {attention_blocks(unet)[:3]}...) lacks"
             )
-        tensor = state[key]
         if tensor.ndim <= 1:  # .alpha
             continue
         down = ".down." in key or ".lora_A" in key

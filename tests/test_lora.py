@@ -23,6 +23,7 @@ from stylekit.adapters.train_lora import (
 )
 from stylekit.data import style_set, subject_set
 from stylekit.lora import KOHYA_WEIGHT_NAME, LORA_WEIGHT_NAME, block_of
+from stylekit.lora_style import LoRAStyle
 from stylekit.models import MINI_PATH
 
 HAS_MINI = (MINI_PATH / "model_index.json").exists()
@@ -145,6 +146,18 @@ def test_saved_adapter_loads_in_stock_diffusers_and_changes_only_its_blocks(mini
     pipe2.unload_lora_weights()
     kohya_after = unet_state(pipe2)
     assert max(float((kohya_after[k] - after[k]).abs().max()) for k in changed) < 1e-5
+
+    # LoRAStyle takes the kohya file as it takes the diffusers folder
+    def generate(lora: LoRAStyle) -> np.ndarray:
+        with lora.applied(pipe2):
+            return pipe2(
+                "a picture", num_inference_steps=2, output_type="np", generator=torch.manual_seed(0)
+            ).images
+
+    kwargs = {"content" if role == "content" else "style": out / role / KOHYA_WEIGHT_NAME}
+    from_kohya = generate(LoRAStyle(**kwargs))
+    from_folder = generate(LoRAStyle(**{name: out / role for name in kwargs}))
+    assert np.abs(from_kohya - from_folder).max() < 1e-4
 
 
 # --------------------------------------------------------------------------------- resume, checkpoints
