@@ -13,6 +13,9 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
+
+from stylekit.cli import non_negative_int, positive_float, positive_int, unit_interval
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,6 +23,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("input", help="input video: mp4/mov/mkv/webm/avi, gif, or a folder of frames")
     parser.add_argument("--style", required=True, help="style reference image")
     parser.add_argument("-o", "--output", required=True, help="output video (.mp4, .gif or a folder)")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace an existing output (never the input)"
+    )
     parser.add_argument("--model", default="mini", help="mini, tiny-sd, sd15, a hub id or a diffusers folder")
     parser.add_argument(
         "--motion-adapter", default=None, help="a diffusers MotionAdapter folder (temporal attention)"
@@ -36,10 +42,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="style only this region: a mask image for every frame (white = styled) or a folder of per-frame "
         "mask images (name order); the rest of each frame is kept",
     )
-    parser.add_argument("--mask-feather", type=int, default=0, help="soften the mask edge inward by N pixels")
-    parser.add_argument("--steps", type=int, default=25, help="DDIM steps")
-    parser.add_argument("--window", type=int, default=16, help="frames per window (sliding, overlapping)")
-    parser.add_argument("--overlap", type=int, default=4, help="frames shared by consecutive windows")
+    parser.add_argument(
+        "--mask-feather", type=non_negative_int, default=0, help="soften the mask edge inward by N pixels"
+    )
+    parser.add_argument("--steps", type=positive_int, default=25, help="DDIM steps")
+    parser.add_argument(
+        "--window", type=positive_int, default=16, help="frames per window (sliding, overlapping)"
+    )
+    parser.add_argument(
+        "--overlap",
+        type=non_negative_int,
+        default=4,
+        help="frames shared by consecutive windows (< --window)",
+    )
     parser.add_argument("--no-cross-frame", action="store_true", help="independent per-frame StyleID")
     parser.add_argument(
         "--temporal-fusion",
@@ -47,18 +62,23 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.0,
         help="flow-guided temporal fusion strength in [0, 1] (0: off; needs OpenCV, the video extra)",
     )
-    parser.add_argument("--gamma", type=float, default=0.75, help="query preservation in [0, 1]")
-    parser.add_argument("--temperature", type=float, default=1.5, help="attention temperature")
-    parser.add_argument("--size", type=int, default=None, help="shorter output side (default: the model's)")
-    parser.add_argument("--max-frames", type=int, default=None, help="use only the first N frames")
+    parser.add_argument("--gamma", type=unit_interval, default=0.75, help="query preservation in [0, 1]")
+    parser.add_argument("--temperature", type=positive_float, default=1.5, help="attention temperature")
+    parser.add_argument(
+        "--size", type=positive_int, default=None, help="shorter output side (default: the model's)"
+    )
+    parser.add_argument("--max-frames", type=positive_int, default=None, help="use only the first N frames")
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument(
+        "--threads", type=non_negative_int, default=0, help="torch CPU threads (0: torch's default)"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
 
 def mask_sources(path: str) -> str | list[Path]:
     """``--mask``: a mask image path as it is, or a folder's mask images in natural name order."""
+    from stylekit.images import load_image
     from stylekit.video_io import FRAME_SUFFIXES, _natural_key
 
     folder = Path(path)
@@ -75,37 +95,104 @@ def mask_sources(path: str) -> str | list[Path]:
             raise FileNotFoundError(
                 f"--mask: the folder has no mask images ({', '.join(FRAME_SUFFIXES)}): {path}"
             )
-        return files
-    if not folder.is_file():
-        raise FileNotFoundError(f"--mask: file not found: {path}")
-    return path
+    else:
+        files = [folder]
+    for file in files:  # readable images (the pipeline checks their sizes and frame count)
+        load_image(file, "--mask")
+    return files if folder.is_dir() else path
+
+
+def check_paths(args: argparse.Namespace) -> None:
+    """The output: never the input, not an existing file unless ``--overwrite``, a known type in an existing
+    folder (ValueError / VideoIOError otherwise)."""
+    from stylekit.video_io import check_output
+
+    output = Path(args.output)
+    if output.resolve() == Path(args.input).resolve():
+        raise ValueError(f"-o/--output: {output} is the input video; write the result to another path")
+    if output.exists() and not args.overwrite and not (output.is_dir() and not any(output.iterdir())):
+        raise ValueError(f"-o/--output: {output} exists; pass --overwrite to replace it")
+    check_output(output, overwrite=True, argument="-o/--output")
+
+
+def resolve_device(requested: str | None) -> str:
+    """``--device`` (default: cuda when available), refused when it names a GPU this machine lacks."""
+    import torch
+
+    if requested is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(requested)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"--device: expected cpu, cuda or cuda:N, got {requested!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device: {requested!r} requested but no CUDA GPU is available; expected cpu")
+    return requested
+
+
+def load_components(args: argparse.Namespace, device: str) -> tuple[Any, Any]:
+    """(the motion adapter or None, the pipeline); a name that cannot be loaded is a ValueError."""
+    import torch
+
+    from stylekit.models import load_pipeline
+    from stylekit.pipelines import VideoStyleTransferPipeline
+
+    adapter = None
+    if args.motion_adapter:
+        from diffusers import MotionAdapter
+
+        name = args.motion_adapter
+        looks_local = name.startswith(("/", ".", "~")) or name.count("/") != 1  # a hub id is "org/name"
+        if looks_local and not Path(name).expanduser().is_dir():
+            raise ValueError(f"--motion-adapter: folder not found: {name}")
+        try:
+            adapter = MotionAdapter.from_pretrained(args.motion_adapter)
+        except (OSError, ValueError) as error:
+            raise ValueError(
+                f"--motion-adapter: cannot load {args.motion_adapter!r}; expected a diffusers MotionAdapter "
+                f"folder ({' '.join(str(error).split())[:300]})"
+            ) from None
+    dtype = torch.float16 if device.startswith("cuda") else None
+    try:
+        base = load_pipeline(args.model, dtype=dtype, device=device)
+    except (OSError, ValueError) as error:
+        raise ValueError(
+            f"--model: cannot load {args.model!r}; expected a preset, a hub id or a diffusers folder "
+            f"({' '.join(str(error).split())[:300]})"
+        ) from None
+    return adapter, VideoStyleTransferPipeline.from_pipe(base)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run ``stylekit video``; returns the exit status (2 for bad input, with the reason on stderr)."""
+    """Run ``stylekit video``; returns the exit status (2 for bad input, with the reason on stderr).
+
+    The arguments, paths, input video, style image and masks are all checked before the model loads."""
     args = build_parser().parse_args(argv)
     import torch
+    from PIL import UnidentifiedImageError
 
-    from stylekit.images import InputImageError
-    from stylekit.models import load_pipeline
-    from stylekit.pipelines import VideoStyleTransferPipeline
+    from stylekit.images import InputImageError, load_image
     from stylekit.video_io import VideoIOError, read_video
     from stylekit.video_models import MotionAdapterMismatch, check_motion_scale
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)  # on a busy shared CPU, 1 thread avoids oversubscription
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
         from stylekit.video_flow import check_fusion
 
-        check_fusion(args.temporal_fusion)  # before the video and the model load
+        device = resolve_device(args.device)
+        check_fusion(args.temporal_fusion)
         check_motion_scale(args.motion_scale)
         if args.motion_scale != 1.0 and not args.motion_adapter:
             raise ValueError("--motion-scale: needs --motion-adapter")
+        if args.overlap >= args.window:
+            raise ValueError(
+                f"--overlap: expected fewer frames than --window ({args.window}), got {args.overlap}"
+            )
+        check_paths(args)
         video = read_video(args.input, max_frames=args.max_frames, argument="IN")
-        if not Path(args.style).is_file():
-            raise InputImageError(f"--style: file not found: {args.style}")
-        style = args.style
+        load_image(args.style, "--style")
+        style: Any = args.style
         if args.mask is not None:
             import warnings
 
@@ -121,21 +208,20 @@ def main(argv: list[str] | None = None) -> int:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 video_regions([style], len(video), len(video), video.size)
-        adapter = None
-        if args.motion_adapter:
-            from diffusers import MotionAdapter
-
-            adapter = MotionAdapter.from_pretrained(args.motion_adapter)
-        dtype = torch.float16 if device.startswith("cuda") else None
-        pipe = VideoStyleTransferPipeline.from_pipe(load_pipeline(args.model, dtype=dtype, device=device))
+        adapter, pipe = load_components(args, device)
         pipe.set_progress_bar_config(disable=args.quiet)
-        size = args.size
         height = width = None
-        if size is not None:
+        if args.size is not None:
             frame_w, frame_h = video.size
-            scale = size / min(frame_w, frame_h)
+            scale = args.size / min(frame_w, frame_h)
             height, width = round(frame_h * scale), round(frame_w * scale)
         window = args.window if adapter is None else min(args.window, adapter.config.motion_max_seq_length)
+        if args.overlap >= window:
+            print(
+                f"stylekit video: the motion adapter takes {window} frames at a time; --overlap "
+                f"{args.overlap} -> {window - 1}",
+                file=sys.stderr,
+            )
         result = pipe(
             video,
             style,
@@ -145,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
             motion_adapter=adapter.to(device) if adapter is not None else None,
             motion_scale=args.motion_scale,
             window_size=window,
-            window_overlap=max(0, min(args.overlap, window - 1)),
+            window_overlap=min(args.overlap, window - 1),
             num_inference_steps=args.steps,
             height=height,
             width=width,
@@ -153,7 +239,14 @@ def main(argv: list[str] | None = None) -> int:
             output_type="np",
             temporal_fusion=args.temporal_fusion,
         )
-    except (VideoIOError, InputImageError, MotionAdapterMismatch, ValueError, FileNotFoundError) as error:
+    except (
+        VideoIOError,
+        InputImageError,
+        MotionAdapterMismatch,
+        UnidentifiedImageError,
+        ValueError,
+        FileNotFoundError,
+    ) as error:
         print(f"stylekit video: error: {error}", file=sys.stderr)
         return 2
     print(

@@ -224,7 +224,10 @@ def _read_ffmpeg(
         finally:
             reader.close()
     except (OSError, RuntimeError, StopIteration, ValueError, KeyError) as error:
-        raise VideoIOError(f"{argument}: cannot read the video {path}: {error}") from error
+        # ffmpeg's message ends with the reason; the lines before it are its banner and stream dump
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        reason = lines[-1] if lines else type(error).__name__
+        raise VideoIOError(f"{argument}: cannot read the video {path}: {reason}") from error
     return frames, fps
 
 
@@ -305,6 +308,17 @@ def iter_video_frames(path: str | Path, argument: str = "video") -> Iterator[np.
 
 
 # --------------------------------------------------------------------------------------------- writing
+def check_output(path: str | Path, overwrite: bool = True, argument: str = "output") -> None:
+    """Raise ``VideoIOError`` unless ``path`` can be written as a video: a known type, an existing parent
+    folder, and (unless ``overwrite``) no file or non-empty folder there yet."""
+    path = Path(path)
+    _kind(path, argument)
+    if not path.parent.is_dir():
+        raise VideoIOError(f"{argument}: the folder {path.parent} does not exist")
+    if path.exists() and not overwrite and not (path.is_dir() and not any(path.iterdir())):
+        raise VideoIOError(f"{argument}: {path} exists (pass overwrite=True to replace it)")
+
+
 class VideoWriter:
     """Write frames one at a time, atomically.
 
@@ -333,12 +347,7 @@ class VideoWriter:
         self._gif_frames: list[Image.Image] = []
 
     def __enter__(self) -> VideoWriter:
-        parent = self.path.parent
-        if not parent.exists():
-            raise VideoIOError(f"output: the folder {parent} does not exist")
-        if self.path.exists() and not self.overwrite:
-            if not (self.path.is_dir() and not any(self.path.iterdir())):
-                raise VideoIOError(f"output: {self.path} exists (pass overwrite=True to replace it)")
+        check_output(self.path, self.overwrite)
         # ffmpeg picks the container from the temporary file's suffix, so it ends in the target's
         self._output = atomic_path(self.path, folder=self.kind == "folder", suffix=f".tmp{self.path.suffix}")
         self._tmp = self._output.__enter__()

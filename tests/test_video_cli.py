@@ -69,3 +69,96 @@ def test_motion_scale_flag_checked_before_any_work(tmp_path, capsys, monkeypatch
     assert main([*args, "--motion-scale", "-1", "--motion-adapter", "m"]) == 2
     assert "motion_scale: expected a finite number >= 0" in capsys.readouterr().err
     assert not (tmp_path / "x.mp4").exists()
+
+
+def test_bad_arguments_and_paths_are_refused_before_the_model_loads(tmp_path, capsys, monkeypatch):
+    import torch
+
+    import stylekit.models
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(stylekit.models, "load_pipeline", no_model)
+    write_video(tmp_path / "in.gif", np.stack([make_image(seed, size=32) for seed in range(3)]), fps=5)
+    Image.fromarray(make_image(9, size=32)).save(tmp_path / "style.png")
+    (tmp_path / "corrupt.png").write_bytes(b"\x89PNG not really")
+    (tmp_path / "not_a_video.mp4").write_text("text")
+    base = [str(tmp_path / "in.gif"), "--style", str(tmp_path / "style.png")]
+    out = ["-o", str(tmp_path / "out.gif")]
+    cases = {
+        "--steps": [*base, *out, "--steps", "0"],
+        "--gamma": [*base, *out, "--gamma", "3"],
+        "--temperature": [*base, *out, "--temperature", "-1"],
+        "--overlap: expected fewer frames than --window (2)": [
+            *base,
+            *out,
+            "--window",
+            "2",
+            "--overlap",
+            "2",
+        ],
+        "-o/--output: the folder": [*base, "-o", str(tmp_path / "nowhere" / "v.mp4")],
+        "-o/--output: unsupported video type": [*base, "-o", str(tmp_path / "v.xyz")],
+        "--style: not an image file": [
+            str(tmp_path / "in.gif"),
+            "--style",
+            str(tmp_path / "corrupt.png"),
+            *out,
+        ],
+        "--mask: not an image file": [*base, *out, "--mask", str(tmp_path / "corrupt.png")],
+        "--motion-adapter: folder not found": [*base, *out, "--motion-adapter", str(tmp_path / "none")],
+        "IN: cannot read the video": [
+            str(tmp_path / "not_a_video.mp4"),
+            "--style",
+            str(tmp_path / "style.png"),
+            *out,
+        ],
+    }
+    if not torch.cuda.is_available():
+        cases["--device: 'cuda' requested but no CUDA GPU"] = [*base, *out, "--device", "cuda"]
+    for message, argv in cases.items():
+        assert exit_code(argv) == 2, message
+        err = capsys.readouterr().err
+        assert message in err, (message, err)
+        assert len([line for line in err.splitlines() if "error" in line]) == 1  # one line, no ffmpeg banner
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "corrupt.png",
+        "in.gif",
+        "not_a_video.mp4",
+        "style.png",
+    ]
+
+
+def exit_code(argv: list[str]) -> int:
+    """main's exit status, also when argparse itself rejects a value (it raises SystemExit(2))."""
+    try:
+        return main(argv)
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
+
+
+def test_existing_output_and_the_input_itself_are_never_overwritten_silently(tmp_path, capsys):
+    frames = np.stack([make_image(seed, size=32) for seed in range(3)])
+    write_video(tmp_path / "in.gif", frames, fps=5)
+    Image.fromarray(make_image(9, size=32)).save(tmp_path / "style.png")
+    (tmp_path / "out.gif").write_bytes(b"an earlier result")
+    run = [
+        str(tmp_path / "in.gif"),
+        "--style",
+        str(tmp_path / "style.png"),
+        "--model",
+        "tiny-sd",
+        "--steps",
+        "1",
+    ]
+    run += ["--size", "32", "--window", "3", "--overlap", "1", "--quiet"]
+    source = (tmp_path / "in.gif").read_bytes()
+    assert main([*run, "-o", str(tmp_path / "in.gif"), "--overwrite"]) == 2
+    assert "is the input video" in capsys.readouterr().err
+    assert (tmp_path / "in.gif").read_bytes() == source
+    assert main([*run, "-o", str(tmp_path / "out.gif")]) == 2
+    assert "pass --overwrite" in capsys.readouterr().err
+    assert (tmp_path / "out.gif").read_bytes() == b"an earlier result"
+    assert main([*run, "-o", str(tmp_path / "out.gif"), "--overwrite"]) == 0
+    assert len(read_video(tmp_path / "out.gif")) == 3
