@@ -26,19 +26,31 @@ class InputImageError(ValueError):
     """An input image is missing, unreadable, empty or of an unsupported type."""
 
 
+FLOAT_SLACK = 1e-2
+"""How far outside [0, 1] a float image may stray (rounding) before it is refused rather than clipped."""
+
+
 def _from_array(array: np.ndarray, argument: str) -> Image.Image:
     if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):
         array = np.moveaxis(array, 0, -1)
     if array.ndim == 3 and array.shape[-1] == 1:
         array = array[..., 0]
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)):
-        raise InputImageError(f"{argument}: expected an HxW or HxWx{{1,3,4}} array, got shape {array.shape}")
+        raise InputImageError(
+            f"{argument}: expected an HxW, HxWx{{1,3,4}} or {{1,3,4}}xHxW array, got shape {array.shape}"
+        )
     if 0 in array.shape:
         raise InputImageError(f"{argument}: the image is empty (shape {array.shape})")
     if array.dtype != np.uint8:
         if np.issubdtype(array.dtype, np.floating):
             if not np.isfinite(array).all():
                 raise InputImageError(f"{argument}: the array contains NaN or infinite values")
+            low, high = float(array.min()), float(array.max())
+            if low < -FLOAT_SLACK or high > 1.0 + FLOAT_SLACK:
+                hint = " (values 0..255? divide by 255 or pass uint8)" if high > 2.0 else ""
+                raise InputImageError(
+                    f"{argument}: a float image must hold values in [0, 1], got [{low:.4g}, {high:.4g}]{hint}"
+                )
             array = np.clip(array, 0.0, 1.0) * 255.0
         elif np.issubdtype(array.dtype, np.integer) and array.max(initial=0) > 255:
             array = array.astype(np.float64) / max(float(array.max()), 1.0) * 255.0

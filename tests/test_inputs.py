@@ -51,6 +51,8 @@ def test_missing_non_image_truncated_and_empty_files(no_model_work, images, tmp_
         (np.zeros((0, 8, 3), np.uint8), "empty"),
         (np.zeros((8, 8, 5), np.uint8), "expected an HxW"),
         (np.full((8, 8, 3), np.nan, np.float32), "NaN"),
+        (np.full((8, 8, 3), 200.0, np.float32), "in \\[0, 1\\], got \\[200, 200\\] \\(values 0..255\\?"),
+        (np.full((8, 8, 3), -0.5, np.float32), "in \\[0, 1\\], got \\[-0.5, -0.5\\]$"),
         (42, "expected a path, PIL image"),
     ]
     for bad, message in cases:
@@ -67,6 +69,8 @@ def test_missing_non_image_truncated_and_empty_files(no_model_work, images, tmp_
         ({"gamma": -0.5}, "gamma"),
         ({"temperature": 0}, "temperature must be > 0"),
         ({"temperature": -1.0}, "temperature"),
+        ({"gamma": "0.5"}, "gamma must be a finite number, got '0.5'"),
+        ({"temperature": float("nan")}, "temperature must be a finite number"),
         ({"num_inference_steps": 0}, "num_inference_steps: expected an integer >= 1"),
         ({"num_inference_steps": 2.5}, "num_inference_steps"),
         ({"layers": "up_blocks.9"}, "layers: 'up_blocks.9' is neither a preset"),

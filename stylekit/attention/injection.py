@@ -14,6 +14,7 @@ the same batch). Untargeted layers keep whatever processor they had (IP-Adapter,
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -38,6 +39,10 @@ class InjectionSettings:
     backend: Backend = "sdpa"
 
     def __post_init__(self) -> None:
+        for name in ("gamma", "temperature"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value!r}")
         if not 0.0 <= float(self.gamma) <= 1.0:
             raise ValueError(f"gamma must be in [0, 1], got {self.gamma}")
         if not float(self.temperature) > 0.0:
