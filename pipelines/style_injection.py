@@ -124,6 +124,12 @@ class StyleInjectionMixin:
             or num_inference_steps < 1
         ):
             raise ValueError(f"num_inference_steps: expected an integer >= 1, got {num_inference_steps!r}")
+        train_steps = int(self.scheduler.config.num_train_timesteps)
+        if num_inference_steps > train_steps:
+            raise ValueError(
+                f"num_inference_steps: expected at most the scheduler's {train_steps} training timesteps, "
+                f"got {num_inference_steps}"
+            )
         if output_type not in ("pil", "np", "pt", "latent"):
             raise ValueError(f"output_type: expected 'pil', 'np', 'pt' or 'latent', got {output_type!r}")
         if cache_strategy is not None and cache_strategy not in STRATEGIES:

@@ -235,6 +235,9 @@ def pending_pairs(
     Raises:
         InputError: an output exists but was written with other settings or not by stylekit.
     """
+    for pair in pairs:
+        if (out_dir / pair.name).is_dir():
+            raise InputError(f"-o: {out_dir / pair.name} is a folder; an output image cannot replace it")
     if overwrite:
         return list(pairs), []
     todo: list[Pair] = []

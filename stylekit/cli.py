@@ -515,6 +515,8 @@ def run_transfer(args: argparse.Namespace) -> int:
     device = resolve_device(args.device, state)
     dtype = resolve_dtype(args.dtype, device)
     out_dir = prepare_output_dir(args.output)
+    if args.cache_dir is not None and args.cache_dir.exists() and not args.cache_dir.is_dir():
+        raise InputError(f"argument --cache-dir: {args.cache_dir} is a file; expected a folder")
     pairs = plan_pairs(contents, styles)
     digests = {path: file_sha256(path) for path in {*contents, *styles}}
     request = requested_settings(args)
@@ -592,6 +594,11 @@ def _run_pairs(
 
     pipe = load_model(args.model, device, dtype)
     check_layers(pipe, args.layers)
+    train_steps = int(pipe.scheduler.config.num_train_timesteps)
+    if args.steps > train_steps:
+        raise InputError(
+            f"argument --steps: expected at most the model's {train_steps} timesteps, got {args.steps}"
+        )
     size = output_size(pipe, args.height, args.width)
     cache = InversionCache(directory=args.cache_dir)
     strategy = args.cache_strategy or pipe.default_cache_strategy

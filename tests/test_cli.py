@@ -306,6 +306,26 @@ def test_foreign_file_in_output_is_not_overwritten(inputs: Inputs, tmp_path: Pat
     assert (tmp_path / "rgba__rgb.png").read_bytes() == b"mine"
 
 
+def test_output_folders_cache_file_and_too_many_steps_exit_2(
+    inputs: Inputs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from stylekit.pipelines import StyleInjectionPipeline
+
+    monkeypatch.setattr(StyleInjectionPipeline, "__call__", lambda *a, **k: pytest.fail("stylized"))
+    (tmp_path / "out" / "rgba__rgb.png").mkdir(parents=True)
+    (tmp_path / "a_file").write_text("")
+    argv = ["transfer", str(inputs.contents), "--style", str(inputs.styles)]
+    cases = {
+        "rgba__rgb.png is a folder": ["-o", str(tmp_path / "out"), "--overwrite", *FAST],
+        "--cache-dir: ": ["-o", str(tmp_path / "o2"), "--cache-dir", str(tmp_path / "a_file"), *FAST],
+        "--steps: expected at most the model's 1000": ["-o", str(tmp_path / "o3"), *FAST, "--steps", "3000"],
+    }
+    for message, flags in cases.items():
+        code, stderr = run_main(argv + flags)
+        assert code == 2 and message in stderr.splitlines()[-1], (message, stderr)
+    assert (tmp_path / "out" / "rgba__rgb.png").is_dir()
+
+
 def test_interrupted_run_keeps_outputs_and_resumes(
     reference: Run, inputs: Inputs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
