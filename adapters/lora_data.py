@@ -83,8 +83,8 @@ def read_images(folder: str | Path, prompt: str, argument: str) -> list[tuple[Im
     for file in list_images(folder, argument):
         try:
             image = load_image(file, argument)
-        except InputImageError as error:
-            raise ValueError(f"{argument}: cannot read {file.name}: {error}") from error
+        except InputImageError as error:  # its message names the flag and the file
+            raise ValueError(str(error)) from error
         caption = file.with_suffix(".txt")
         found.append((image, caption.read_text().strip() if caption.is_file() else prompt, str(file)))
     return found

@@ -205,6 +205,10 @@ class TrainLoRAConfig:
         for name in ("checkpointing_steps", "lr_warmup_steps", "resolution", "num_threads"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name}: expected an integer >= 0, got {getattr(self, name)!r}")
+        if self.resolution % 8:
+            raise ValueError(
+                f"--resolution: expected a multiple of 8 (the VAE's downscale factor), got {self.resolution}"
+            )
         for name in ("learning_rate", "learning_rate_2"):
             value = getattr(self, name)
             if not math.isfinite(value) or value <= 0:
@@ -414,11 +418,20 @@ def resolve_resume(config: TrainLoRAConfig) -> Path | None:
     out = Path(config.output_dir)
     if which == "latest":
         found = list_checkpoints(out)
-        return found[-1] if found else None
-    path = Path(which) if Path(which).exists() else out / which
-    if not (path / "training_state.json").is_file():
+        if not found:
+            return None
+        path = found[-1]
+    else:
+        path = Path(which) if Path(which).exists() else out / which
+        if not (path / "training_state.json").is_file():
+            raise ValueError(
+                f"--resume_from_checkpoint: {which!r} is not a checkpoint folder (no training_state.json)"
+            )
+    step = int(json.loads((path / "training_state.json").read_text())["global_step"])
+    if step > config.max_train_steps:
         raise ValueError(
-            f"--resume_from_checkpoint: {which!r} is not a checkpoint folder (no training_state.json)"
+            f"--resume_from_checkpoint: {path.name} is at step {step}, past --max_train_steps "
+            f"{config.max_train_steps}; raise --max_train_steps or start a new --output_dir"
         )
     return path
 
@@ -560,6 +573,12 @@ def run(config: TrainLoRAConfig) -> dict[str, Any]:
     resolution_hint = config.resolution or 8
     load_sets(config, resolution_hint)
     resume = resolve_resume(config)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ValueError(f"--output_dir: cannot create {out}: {error.strerror or error}") from None
+    if not os.access(out, os.W_OK):
+        raise ValueError(f"--output_dir: {out} is not writable")
 
     accelerator = Accelerator(
         mixed_precision=config.mixed_precision,

@@ -300,6 +300,7 @@ def test_mixed_modes_and_sizes_are_converted(tmp_path):
         ({"with_prior_preservation": True}, "--class_data_dir"),
         ({"riemannian_reg": -0.1}, "--riemannian_reg"),
         ({"riemannian_reg": float("nan")}, "--riemannian_reg"),
+        ({"resolution": 30}, "--resolution: expected a multiple of 8"),
     ],
 )
 def test_bad_config_is_refused(tmp_path, overrides, message):
@@ -323,8 +324,16 @@ def test_bad_data_and_blocks_are_refused_before_model_work(tmp_path, world_dirs,
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "bad.png").write_bytes(b"not a png")
-    with pytest.raises(ValueError, match="bad.png"):
+    with pytest.raises(ValueError, match=r"^--instance_data_dir: not an image file: .*bad.png$"):
         run(tiny_config(tmp_path, broken))
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(ValueError, match="--output_dir: cannot create"):
+        run(tiny_config(tmp_path / "a_file" / "out", world_dirs["style"]))
+    late = tmp_path / "late" / "checkpoint-4"
+    late.mkdir(parents=True)
+    (late / "training_state.json").write_text('{"global_step": 4}')
+    with pytest.raises(ValueError, match="checkpoint-4 is at step 4, past --max_train_steps 3"):
+        run(tiny_config(late.parent, world_dirs["style"], max_train_steps=3, resume_from_checkpoint="latest"))
     monkeypatch.undo()
     with pytest.raises(ValueError, match="no attention block or ResNet 'up_blocks.9.attentions.0'"):
         run(tiny_config(tmp_path, world_dirs["style"], content_blocks=["up_blocks.9.attentions.0"]))
