@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import socket
 from collections.abc import Sequence
 from typing import Any
@@ -125,6 +126,13 @@ def run(args: argparse.Namespace) -> int:
     for folder in args.search_folder or []:
         if not os.path.isdir(folder):
             raise InputError(f"argument --search-folder: not a folder: {folder}")
+    if args.work_dir is not None and os.path.exists(args.work_dir) and not os.path.isdir(args.work_dir):
+        raise InputError(f"argument --work-dir: {args.work_dir} is a file; expected a folder")
+    if not re.fullmatch(r"\d+\s*(b|kb|mb|gb|tb)", str(args.max_file_size).strip(), flags=re.IGNORECASE):
+        raise InputError(
+            f"argument --max-file-size: expected a number and a unit (b, kb, mb, gb, tb), e.g. 20mb; "
+            f"got {args.max_file_size!r}"
+        )
     demo = build_demo(
         work_dir=args.work_dir,
         default_model=args.model,

@@ -130,10 +130,12 @@ def test_embed_writes_stamped_embeddings(images: Path, tmp_path: Path) -> None:
         (["similarity", "{images}/img0.png"], "expected at least two images"),
         (["similarity", "{images}/img0.png", "--to", "{tmp}/none.safetensors"], "--to: no such file"),
         (["similarity", "{images}", "--top-k", "0"], "expected an integer >= 1"),
+        (["similarity", "{images}/img0.png", "--to", "{tmp}/bad.safetensors"], "not a readable safetensors"),
     ],
 )
 def test_extractor_commands_refuse_bad_input_with_exit_2(images: Path, tmp_path: Path, argv, message) -> None:
     argv = [a.format(images=images, tmp=tmp_path) for a in argv]
+    (tmp_path / "bad.safetensors").write_bytes(b"\xff" * 64)
     code, _, err = run(argv)
     assert code == 2 and message in one_error_line(err)
 
@@ -265,7 +267,7 @@ def test_real_delegated_modules_answer_help() -> None:
             assert code == 0 and "usage:" in out
 
 
-def test_app_command_validates_before_serving(monkeypatch) -> None:
+def test_app_command_validates_before_serving(monkeypatch, tmp_path: Path) -> None:
     pytest.importorskip("gradio")
     from stylekit.apps import ui
 
@@ -274,6 +276,11 @@ def test_app_command_validates_before_serving(monkeypatch) -> None:
     assert code == 2 and "--port" in one_error_line(err)
     code, _, err = run(["app", "--max-steps", "0"])
     assert code == 2 and "--max-steps" in one_error_line(err)
+    code, _, err = run(["app", "--max-file-size", "20zz"])
+    assert code == 2 and "--max-file-size" in one_error_line(err)
+    (tmp_path / "a_file").write_text("")
+    code, _, err = run(["app", "--work-dir", str(tmp_path / "a_file")])
+    assert code == 2 and "--work-dir" in one_error_line(err)
     code, out, _ = run(["app", "--help"])
     assert code == 0 and "--max-file-size" in out and "127.0.0.1" in out
 

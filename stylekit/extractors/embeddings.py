@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .model import StyleExtractor, _atomic_write
@@ -69,13 +69,16 @@ def load_embeddings(
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"embeddings file not found: {path}")
-    with safe_open(str(path), framework="pt") as handle:
-        meta: dict[str, Any] = dict(handle.metadata() or {})
-        if KEY not in handle.keys():
-            raise ValueError(f"{path} holds no {KEY!r} tensor: not a stylekit embeddings file")
-        emb = handle.get_tensor(KEY)
-        if "tokens" in handle.keys():
-            meta["tokens"] = handle.get_tensor("tokens")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            meta: dict[str, Any] = dict(handle.metadata() or {})
+            if KEY not in handle.keys():
+                raise ValueError(f"{path} holds no {KEY!r} tensor: not a stylekit embeddings file")
+            emb = handle.get_tensor(KEY)
+            if "tokens" in handle.keys():
+                meta["tokens"] = handle.get_tensor("tokens")
+    except SafetensorError as error:
+        raise ValueError(f"{path}: not a readable safetensors file ({error})") from None
     if extractor is not None:
         if emb.shape[-1] != extractor.embed_dim:
             raise ValueError(
@@ -85,7 +88,8 @@ def load_embeddings(
         if strict and meta.get("identity") != extractor.identity():
             raise ValueError(
                 f"{path}: embeddings were made by extractor {meta.get('identity')}, not by this one "
-                f"({extractor.identity()}); pass strict=False to use them anyway"
+                f"({extractor.identity()}); embed the images again with this extractor (from Python, strict=False uses "
+                f"them anyway)"
             )
     return emb, meta
 
