@@ -8,6 +8,7 @@ from config with a fixed seed, fully offline (including their CLIP tokenizer).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import weakref
@@ -284,14 +285,22 @@ def load_pipeline(
     architecture = _architecture_of(resolved)
     cls = _pipeline_class(kind, architecture)
     kwargs: dict[str, Any] = dict(from_pretrained_kwargs)
-    if dtype is not None:
-        kwargs.setdefault("torch_dtype", dtype)
+    if dtype is not None and not {"dtype", "torch_dtype"} & set(kwargs):
+        kwargs[dtype_kwarg()] = dtype
     if architecture == "sd" and kind == "style-injection":
         kwargs.setdefault("safety_checker", None)
         kwargs.setdefault("requires_safety_checker", False)
     pipe = cls.from_pretrained(resolved, **kwargs)
     pipe.stylekit_model_id = resolved
     return _finish(pipe, None, device, kind)
+
+
+@functools.cache
+def dtype_kwarg() -> str:
+    """How ``from_pretrained`` takes a dtype: ``dtype`` where diffusers deprecates ``torch_dtype``."""
+    from diffusers.utils import deprecation_utils
+
+    return "dtype" if hasattr(deprecation_utils, "_resolve_dtype") else "torch_dtype"
 
 
 _FINGERPRINTS: weakref.WeakKeyDictionary[torch.nn.Module, tuple[tuple, str]] = weakref.WeakKeyDictionary()

@@ -29,6 +29,7 @@ import torch
 
 from stylekit.data import SPLITS
 from stylekit.files import atomic_path, write_json_atomic
+from stylekit.models import dtype_kwarg
 
 from .architecture import (
     MiniArchitecture,
@@ -440,7 +441,7 @@ def train_vae(config: TrainMiniConfig, accelerator: Any) -> dict[str, Any]:
         summary["latent_stats"] = {"mean": check_mean.tolist(), "std": check_std.tolist()}
         out = Path(config.output_dir)
         _save_component(vae, out / "vae")
-        shipped = AutoencoderKL.from_pretrained(out / "vae", torch_dtype=torch.float32).eval()
+        shipped = AutoencoderKL.from_pretrained(out / "vae", **{dtype_kwarg(): torch.float32}).eval()
         summary["params"] = count_parameters(shipped)
         summary["scaling_factor"] = shipped.config.scaling_factor
         summary["eval_heldout"] = evaluate_vae(shipped, n=config.eval_images, size=arch.image_size)
@@ -480,7 +481,11 @@ def train_unet(config: TrainMiniConfig, accelerator: Any) -> dict[str, Any]:
     out = Path(config.output_dir)
     if not (out / "vae" / "config.json").is_file():
         raise FileNotFoundError(f"--stage unet needs a trained VAE in {out / 'vae'}; run --stage vae first")
-    vae = AutoencoderKL.from_pretrained(out / "vae", torch_dtype=torch.float32).to(accelerator.device).eval()
+    vae = (
+        AutoencoderKL.from_pretrained(out / "vae", **{dtype_kwarg(): torch.float32})
+        .to(accelerator.device)
+        .eval()
+    )
     vae.requires_grad_(False)
     scaling = float(vae.config.scaling_factor)
     torch.manual_seed(config.seed + 1)
@@ -566,7 +571,7 @@ def train_unet(config: TrainMiniConfig, accelerator: Any) -> dict[str, Any]:
             _save_component(module, out / name)
         _save_component(build_inference_scheduler(), out / "scheduler")
         _write_model_index(out)
-        pipe = StableDiffusionPipeline.from_pretrained(out, torch_dtype=torch.float32)
+        pipe = StableDiffusionPipeline.from_pretrained(out, **{dtype_kwarg(): torch.float32})
         pipe.set_progress_bar_config(disable=True)
         captions = held_out_captions(16)
         summary["sample_captions"] = captions
