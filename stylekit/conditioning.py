@@ -8,6 +8,7 @@ manager that restores the pipeline exactly, also when the call raises) and may h
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -61,8 +62,9 @@ class StyleCondition:
             raise ValueError("StyleCondition.text: expected a non-empty string")
         if self.lora is not None and not isinstance(self.lora, (str, Path)):
             raise TypeError(f"StyleCondition.lora: expected a path, got {type(self.lora).__name__}")
-        weight = float(self.weight)
-        if not math.isfinite(weight) or not 0.0 <= weight <= 1.0:
+        if isinstance(self.weight, bool) or not isinstance(self.weight, numbers.Real):
+            raise ValueError(f"StyleCondition.weight: expected a number in [0, 1], got {self.weight!r}")
+        if not math.isfinite(self.weight) or not 0.0 <= self.weight <= 1.0:
             raise ValueError(f"StyleCondition.weight: expected a number in [0, 1], got {self.weight}")
         if len(self.steps) != 2:
             raise ValueError(f"StyleCondition.steps: expected (start, end), got {self.steps!r}")

@@ -90,8 +90,9 @@ def test_bad_arguments(no_model_work, images, kwargs, message):
 def test_bad_style_conditions(no_model_work, images):
     with pytest.raises(ValueError, match="at least one of image, embedding, text or lora"):
         StyleCondition()
-    with pytest.raises(ValueError, match="weight"):
-        StyleCondition(image=images[0], weight=2.0)
+    for weight in (2.0, True, "0.5"):
+        with pytest.raises(ValueError, match="weight"):
+            StyleCondition(image=images[0], weight=weight)
     with pytest.raises(ValueError, match="steps"):
         StyleCondition(image=images[0], steps=(0.8, 0.2))
     with pytest.raises(ValueError, match="style\\[0\\]: StyleID needs StyleCondition.image"):
