@@ -515,7 +515,14 @@ class Engine:
         output = folder / "video.mp4"
         window = int(window)
         argv = [str(clip), "--style", str(style), "-o", str(output), "--model", model or self.default_model]
-        argv += ["--steps", str(int(steps)), "--window", str(window), "--overlap", str(max(1, window // 4))]
+        argv += [
+            "--steps",
+            str(int(steps)),
+            "--window",
+            str(window),
+            "--overlap",
+            str(min(max(1, window // 4), window - 1)),
+        ]
         argv += ["--max-frames", str(int(frames)), "--quiet"]
         stderr = io.StringIO()
         with contextlib.redirect_stderr(stderr):

@@ -28,6 +28,7 @@ from stylekit.conditioning import (
     reference_conditions,
 )
 from stylekit.images import fit_to_size, load_image, round_to_factor, to_tensor
+from stylekit.inversion import check_inference_steps
 from stylekit.regions import RegionalStyle
 
 
@@ -118,18 +119,7 @@ class StyleInjectionMixin:
             ValueError / TypeError naming the argument and what was expected.
         """
         InjectionSettings(gamma=gamma, temperature=temperature)  # range checks
-        if (
-            isinstance(num_inference_steps, bool)
-            or not isinstance(num_inference_steps, int)
-            or num_inference_steps < 1
-        ):
-            raise ValueError(f"num_inference_steps: expected an integer >= 1, got {num_inference_steps!r}")
-        train_steps = int(self.scheduler.config.num_train_timesteps)
-        if num_inference_steps > train_steps:
-            raise ValueError(
-                f"num_inference_steps: expected at most the scheduler's {train_steps} training timesteps, "
-                f"got {num_inference_steps}"
-            )
+        check_inference_steps(num_inference_steps, self.scheduler)
         if output_type not in ("pil", "np", "pt", "latent"):
             raise ValueError(f"output_type: expected 'pil', 'np', 'pt' or 'latent', got {output_type!r}")
         if cache_strategy is not None and cache_strategy not in STRATEGIES:

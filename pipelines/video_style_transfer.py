@@ -58,11 +58,12 @@ from stylekit.conditioning import (
     reference_conditions,
 )
 from stylekit.images import fit_to_size, load_image, round_to_factor, to_tensor
+from stylekit.inversion import check_inference_steps
 from stylekit.pipelines.style_injection import StyleInjectionPipeline, style_slots
 from stylekit.regions import MaskSpec, RegionAdapters, RegionalStyle, frame_sources
 from stylekit.video_attention import CrossFrameState, anchored_injection, cross_frame_processors
 from stylekit.video_flow import TemporalFusion, check_fusion
-from stylekit.video_io import Video, VideoIOError, VideoWriter, load_video
+from stylekit.video_io import Video, VideoWriter, check_output, load_video
 from stylekit.video_models import (
     MotionUNetCache,
     check_motion_adapter,
@@ -267,9 +268,7 @@ class VideoStyleTransferPipeline(StyleInjectionPipeline):
                     f"(motion_max_seq_length); use window_size <= {limit} (longer videos slide windows)"
                 )
         if output_path is not None:
-            parent = Path(output_path).parent
-            if not parent.exists():
-                raise VideoIOError(f"output_path: the folder {parent} does not exist")
+            check_output(output_path, argument="output_path")
         conditions = reference_conditions(style, "video style transfer")
         clip = load_video(video, "video")
         loaded = len(clip)
@@ -423,12 +422,7 @@ class VideoStyleTransferPipeline(StyleInjectionPipeline):
         settings = InjectionSettings(
             gamma, temperature, attention_injection, query_preservation, attention_backend
         )  # type: ignore[arg-type]
-        if (
-            isinstance(num_inference_steps, bool)
-            or not isinstance(num_inference_steps, int)
-            or num_inference_steps < 1
-        ):
-            raise ValueError(f"num_inference_steps: expected an integer >= 1, got {num_inference_steps!r}")
+        check_inference_steps(num_inference_steps, self.scheduler)
         preset = preset_of(layers)
         if preset is not None and preset.architecture != self.architecture:
             raise ValueError(f"layers={layers!r} is a preset for {preset.architecture.upper()} models")
@@ -566,8 +560,8 @@ class VideoStyleTransferPipeline(StyleInjectionPipeline):
                         writer.extend(np.round(np.clip(chunk, 0, 1) * 255).astype(np.uint8))
                     decoded.append(chunk)
             if writer is not None:
-                writer.__exit__(None, None, None)
-                writer = None
+                finishing, writer = writer, None  # the except below must not finish it a second time
+                finishing.__exit__(None, None, None)
         except BaseException as error:
             if writer is not None:
                 writer.__exit__(type(error), error, error.__traceback__)

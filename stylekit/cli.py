@@ -514,9 +514,9 @@ def run_transfer(args: argparse.Namespace) -> int:
     state = process_state(args.device)
     device = resolve_device(args.device, state)
     dtype = resolve_dtype(args.dtype, device)
-    out_dir = prepare_output_dir(args.output)
     if args.cache_dir is not None and args.cache_dir.exists() and not args.cache_dir.is_dir():
         raise InputError(f"argument --cache-dir: {args.cache_dir} is a file; expected a folder")
+    out_dir = prepare_output_dir(args.output)
     pairs = plan_pairs(contents, styles)
     digests = {path: file_sha256(path) for path in {*contents, *styles}}
     request = requested_settings(args)
@@ -591,14 +591,14 @@ def _run_pairs(
 
     from stylekit.attention.targeting import DEFAULT_PRESET
     from stylekit.cache import InversionCache
+    from stylekit.inversion import check_inference_steps
 
     pipe = load_model(args.model, device, dtype)
     check_layers(pipe, args.layers)
-    train_steps = int(pipe.scheduler.config.num_train_timesteps)
-    if args.steps > train_steps:
-        raise InputError(
-            f"argument --steps: expected at most the model's {train_steps} timesteps, got {args.steps}"
-        )
+    try:
+        check_inference_steps(args.steps, pipe.scheduler)
+    except ValueError as error:
+        raise InputError(f"argument --steps: {str(error).removeprefix('num_inference_steps: ')}") from None
     size = output_size(pipe, args.height, args.width)
     cache = InversionCache(directory=args.cache_dir)
     strategy = args.cache_strategy or pipe.default_cache_strategy

@@ -20,20 +20,29 @@ TEMP_SUFFIX = ".tmp"
 
 
 def current_umask() -> int:
-    """The process's umask (read without changing it for longer than the call)."""
-    mask = os.umask(0)
+    """The process's umask. Read from ``/proc/self/status`` where there is one: ``os.umask`` can only read
+    it by setting it, and another thread creating a file meanwhile would get mode 0666 / 0777."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o077)  # the brief value is the strict one
     os.umask(mask)
     return mask
 
 
 def make_readable(path: str | Path) -> None:
     """Give ``path`` (and, for a folder, everything in it) the umask's default mode: files 0666 & ~umask,
-    folders 0777 & ~umask."""
+    folders 0777 & ~umask. Symbolic links (and what they point to) are left alone."""
     mask = current_umask()
     root = Path(path)
-    entries = [root, *root.rglob("*")] if root.is_dir() else [root]
+    entries = [root, *root.rglob("*")] if root.is_dir() and not root.is_symlink() else [root]
     for entry in entries:
-        os.chmod(entry, (0o777 if entry.is_dir() else 0o666) & ~mask)
+        if not entry.is_symlink():
+            os.chmod(entry, (0o777 if entry.is_dir() else 0o666) & ~mask)
 
 
 @contextmanager
@@ -56,7 +65,7 @@ def atomic_path(target: str | Path, folder: bool = False, suffix: str = TEMP_SUF
     try:
         yield temp
         make_readable(temp)
-        _replace(temp, target)
+        replace_path(temp, target)
     except BaseException:
         _remove(temp)
         raise
@@ -75,17 +84,22 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def _replace(temp: Path, target: Path) -> None:
-    """Rename ``temp`` onto ``target`` (a file, or a folder that may already exist)."""
+def replace_path(temp: Path, target: Path) -> None:
+    """Rename the finished ``temp`` onto ``target`` (a file, or a folder that may already exist: the old
+    folder is set aside first and deleted only once the new one is in place)."""
     if not (temp.is_dir() and target.exists()):
         os.replace(temp, target)
         return
-    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent)) / target.name
+    aside = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
+    old = aside / target.name
     os.replace(target, old)
     try:
         os.replace(temp, target)
-    except BaseException:
-        os.replace(old, target)
+    except BaseException as error:
+        try:
+            os.replace(old, target)
+        except OSError:  # never delete the only copy: say where it is
+            raise OSError(f"replacing {target} failed ({error}); its previous content is in {old}") from error
+        aside.rmdir()
         raise
-    finally:
-        shutil.rmtree(old.parent, ignore_errors=True)
+    shutil.rmtree(aside, ignore_errors=True)

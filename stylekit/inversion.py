@@ -36,6 +36,18 @@ class InversionResult:
     sampling_timesteps: torch.Tensor
 
 
+def check_inference_steps(steps: Any, scheduler: Any) -> int:
+    """``num_inference_steps`` as an int in [1, the scheduler's training timesteps], else a ValueError."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"num_inference_steps: expected an integer >= 1, got {steps!r}")
+    train_steps = int(scheduler.config.num_train_timesteps)
+    if steps > train_steps:
+        raise ValueError(
+            f"num_inference_steps: expected at most the scheduler's {train_steps} training timesteps, got {steps}"
+        )
+    return steps
+
+
 def split_prediction(
     model_output: torch.Tensor, sample: torch.Tensor, alpha_prod: torch.Tensor, prediction_type: str
 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import pickle
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 
 from stylekit.conditioning import ImageLike
 from stylekit.files import atomic_path
@@ -96,6 +98,19 @@ def _kind_from_name(path: Path) -> str | None:
     return found[0] if len(found) == 1 else None
 
 
+UNREADABLE_CHECKPOINT = (
+    OSError,
+    RuntimeError,
+    ValueError,
+    EOFError,
+    IndexError,
+    KeyError,
+    pickle.UnpicklingError,
+    SafetensorError,
+)
+"""What torch.load / safetensors raise on a truncated or foreign file."""
+
+
 def load_sam(
     checkpoint: str | Path | None = None, kind: str | None = None, device: str | torch.device | None = None
 ) -> Any:
@@ -142,7 +157,7 @@ def load_sam(
             state = load_file(str(path))
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # a truncated / foreign file: torch and safetensors raise many kinds
+    except UNREADABLE_CHECKPOINT as error:  # a truncated / foreign file
         raise ValueError(
             f"checkpoint {path}: not a readable SAM checkpoint ({type(error).__name__}: {error})"
         ) from error

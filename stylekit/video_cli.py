@@ -103,16 +103,20 @@ def mask_sources(path: str) -> str | list[Path]:
 
 
 def check_paths(args: argparse.Namespace) -> None:
-    """The output: never the input, not an existing file unless ``--overwrite``, a known type in an existing
-    folder (ValueError / VideoIOError otherwise)."""
+    """The output: never the input, the style or a mask, nor a folder holding one of them; not an existing
+    file unless ``--overwrite``; a known type in an existing folder (ValueError / VideoIOError otherwise)."""
     from stylekit.video_io import check_output
 
-    output = Path(args.output)
-    if output.resolve() == Path(args.input).resolve():
-        raise ValueError(f"-o/--output: {output} is the input video; write the result to another path")
-    if output.exists() and not args.overwrite and not (output.is_dir() and not any(output.iterdir())):
-        raise ValueError(f"-o/--output: {output} exists; pass --overwrite to replace it")
-    check_output(output, overwrite=True, argument="-o/--output")
+    output = Path(args.output).resolve()
+    for flag, value in (("IN", args.input), ("--style", args.style), ("--mask", args.mask)):
+        if value is None:
+            continue
+        source = Path(value).resolve()
+        if source == output or output in source.parents:
+            raise ValueError(
+                f"-o/--output: writing {args.output} would replace {flag} ({value}); write the result elsewhere"
+            )
+    check_output(args.output, args.overwrite, "-o/--output", "--overwrite")
 
 
 def resolve_device(requested: str | None) -> str:
@@ -127,6 +131,10 @@ def resolve_device(requested: str | None) -> str:
         raise ValueError(f"--device: expected cpu, cuda or cuda:N, got {requested!r}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device: {requested!r} requested but no CUDA GPU is available; expected cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(
+            f"--device: {requested!r} requested but this machine has {torch.cuda.device_count()} GPU(s)"
+        )
     return requested
 
 
@@ -143,10 +151,12 @@ def load_components(args: argparse.Namespace, device: str) -> tuple[Any, Any]:
 
         name = args.motion_adapter
         looks_local = name.startswith(("/", ".", "~")) or name.count("/") != 1  # a hub id is "org/name"
-        if looks_local and not Path(name).expanduser().is_dir():
-            raise ValueError(f"--motion-adapter: folder not found: {name}")
+        if looks_local:
+            if not Path(name).expanduser().is_dir():
+                raise ValueError(f"--motion-adapter: folder not found: {name}")
+            name = str(Path(name).expanduser())
         try:
-            adapter = MotionAdapter.from_pretrained(args.motion_adapter)
+            adapter = MotionAdapter.from_pretrained(name)
         except (OSError, ValueError) as error:
             raise ValueError(
                 f"--motion-adapter: cannot load {args.motion_adapter!r}; expected a diffusers MotionAdapter "

@@ -224,11 +224,14 @@ def _read_ffmpeg(
         finally:
             reader.close()
     except (OSError, RuntimeError, StopIteration, ValueError, KeyError) as error:
-        # ffmpeg's message ends with the reason; the lines before it are its banner and stream dump
-        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-        reason = lines[-1] if lines else type(error).__name__
-        raise VideoIOError(f"{argument}: cannot read the video {path}: {reason}") from error
+        raise VideoIOError(f"{argument}: cannot read the video {path}: {_ffmpeg_reason(error)}") from error
     return frames, fps
+
+
+def _ffmpeg_reason(error: BaseException) -> str:
+    """The last line of an ffmpeg error (the lines before it are its banner and stream dump)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__
 
 
 def _read_gif(
@@ -297,7 +300,9 @@ def iter_video_frames(path: str | Path, argument: str = "video") -> Iterator[np.
             reader = ffmpeg.read_frames(str(path), pix_fmt="rgb24")
             width, height = reader.__next__()["size"]
         except (OSError, RuntimeError, StopIteration) as error:
-            raise VideoIOError(f"{argument}: cannot read the video {path}: {error}") from error
+            raise VideoIOError(
+                f"{argument}: cannot read the video {path}: {_ffmpeg_reason(error)}"
+            ) from error
         try:
             for raw in reader:
                 yield np.frombuffer(raw, dtype=np.uint8).reshape(height, width, 3).copy()
@@ -308,15 +313,20 @@ def iter_video_frames(path: str | Path, argument: str = "video") -> Iterator[np.
 
 
 # --------------------------------------------------------------------------------------------- writing
-def check_output(path: str | Path, overwrite: bool = True, argument: str = "output") -> None:
+def check_output(
+    path: str | Path, overwrite: bool = True, argument: str = "output", overwrite_flag: str = "overwrite=True"
+) -> None:
     """Raise ``VideoIOError`` unless ``path`` can be written as a video: a known type, an existing parent
-    folder, and (unless ``overwrite``) no file or non-empty folder there yet."""
+    folder, no folder where a file goes, and (unless ``overwrite``) no file or non-empty folder there yet
+    (``overwrite_flag``: how the message tells the caller to allow that)."""
     path = Path(path)
-    _kind(path, argument)
+    kind = _kind(path, argument)
     if not path.parent.is_dir():
         raise VideoIOError(f"{argument}: the folder {path.parent} does not exist")
+    if kind != "folder" and path.is_dir():
+        raise VideoIOError(f"{argument}: {path} is a folder; a {path.suffix} video cannot replace it")
     if path.exists() and not overwrite and not (path.is_dir() and not any(path.iterdir())):
-        raise VideoIOError(f"{argument}: {path} exists (pass overwrite=True to replace it)")
+        raise VideoIOError(f"{argument}: {path} exists (replace it with {overwrite_flag})")
 
 
 class VideoWriter:
@@ -399,7 +409,9 @@ class VideoWriter:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        assert self._tmp is not None and self._output is not None
+        if self._output is None:  # already finished (a second __exit__ does nothing)
+            return
+        assert self._tmp is not None
         tmp, output = self._tmp, self._output
         self._tmp = self._output = None
         try:

@@ -318,7 +318,13 @@ def test_output_folders_cache_file_and_too_many_steps_exit_2(
     cases = {
         "rgba__rgb.png is a folder": ["-o", str(tmp_path / "out"), "--overwrite", *FAST],
         "--cache-dir: ": ["-o", str(tmp_path / "o2"), "--cache-dir", str(tmp_path / "a_file"), *FAST],
-        "--steps: expected at most the model's 1000": ["-o", str(tmp_path / "o3"), *FAST, "--steps", "3000"],
+        "--steps: expected at most the scheduler's 1000 training timesteps": [
+            "-o",
+            str(tmp_path / "o3"),
+            *FAST,
+            "--steps",
+            "3000",
+        ],
     }
     for message, flags in cases.items():
         code, stderr = run_main(argv + flags)

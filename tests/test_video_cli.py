@@ -118,10 +118,12 @@ def test_bad_arguments_and_paths_are_refused_before_the_model_loads(tmp_path, ca
     if not torch.cuda.is_available():
         cases["--device: 'cuda' requested but no CUDA GPU"] = [*base, *out, "--device", "cuda"]
     for message, argv in cases.items():
-        assert exit_code(argv) == 2, message
+        code, by_argparse = exit_code(argv)
+        assert code == 2, message
         err = capsys.readouterr().err
         assert message in err, (message, err)
-        assert len([line for line in err.splitlines() if "error" in line]) == 1  # one line, no ffmpeg banner
+        if not by_argparse:  # main's own report: exactly one line (no ffmpeg banner)
+            assert len(err.strip().splitlines()) == 1, err
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "corrupt.png",
         "in.gif",
@@ -130,12 +132,12 @@ def test_bad_arguments_and_paths_are_refused_before_the_model_loads(tmp_path, ca
     ]
 
 
-def exit_code(argv: list[str]) -> int:
-    """main's exit status, also when argparse itself rejects a value (it raises SystemExit(2))."""
+def exit_code(argv: list[str]) -> tuple[int, bool]:
+    """(main's exit status, whether argparse itself rejected a value: it raises SystemExit(2))."""
     try:
-        return main(argv)
+        return main(argv), False
     except SystemExit as exit_:
-        return int(exit_.code or 0)
+        return int(exit_.code or 0), True
 
 
 def test_existing_output_and_the_input_itself_are_never_overwritten_silently(tmp_path, capsys):
@@ -154,11 +156,15 @@ def test_existing_output_and_the_input_itself_are_never_overwritten_silently(tmp
     ]
     run += ["--size", "32", "--window", "3", "--overlap", "1", "--quiet"]
     source = (tmp_path / "in.gif").read_bytes()
-    assert main([*run, "-o", str(tmp_path / "in.gif"), "--overwrite"]) == 2
-    assert "is the input video" in capsys.readouterr().err
+    for target in (tmp_path / "in.gif", tmp_path):  # the input itself, or a folder output replacing it
+        assert main([*run, "-o", str(target), "--overwrite"]) == 2
+        assert "would replace IN" in capsys.readouterr().err
     assert (tmp_path / "in.gif").read_bytes() == source
     assert main([*run, "-o", str(tmp_path / "out.gif")]) == 2
-    assert "pass --overwrite" in capsys.readouterr().err
+    assert "replace it with --overwrite" in capsys.readouterr().err
+    (tmp_path / "folder.gif").mkdir()
+    assert main([*run, "-o", str(tmp_path / "folder.gif"), "--overwrite"]) == 2
+    assert "is a folder; a .gif video cannot replace it" in capsys.readouterr().err
     assert (tmp_path / "out.gif").read_bytes() == b"an earlier result"
     assert main([*run, "-o", str(tmp_path / "out.gif"), "--overwrite"]) == 0
     assert len(read_video(tmp_path / "out.gif")) == 3

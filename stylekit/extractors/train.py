@@ -30,6 +30,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from stylekit.files import make_readable, replace_path
+
 from . import losses as L
 from .config import ExtractorConfig
 from .data import grid_batch
@@ -429,9 +431,8 @@ def save_checkpoint(accelerator: Any, output_dir: Path, step: int, total_limit: 
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         (partial / "trainer_state.json").write_text(json.dumps({"step": step}) + "\n")
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(partial, final)
+        make_readable(partial)
+        replace_path(partial, final)
         if total_limit:
             for _, old in _checkpoints(output_dir)[:-total_limit]:
                 shutil.rmtree(old, ignore_errors=True)
