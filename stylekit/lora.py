@@ -171,9 +171,11 @@ def check_lora_fits(unet: Any, path: str | Path) -> dict[str, torch.Tensor]:
         raise ValueError(
             f"LoRA {path}: holds no UNet weights (keys like 'unet.up_blocks...lora.down.weight')"
         )
-    # diffusers' kohya conversion gives the old attention-processor names (attn1.processor.to_k_lora.down)
-    unet_state = convert_unet_state_dict_to_peft(unet_state)
-    for key, tensor in unet_state.items():
+    # diffusers' kohya conversion gives the old attention-processor names (attn1.processor.to_k_lora.down);
+    # ``original`` maps a normalised name back to the file's own key for the messages
+    original = convert_unet_state_dict_to_peft({k: k for k in unet_state})
+    for key, file_key in original.items():
+        tensor = unet_state[file_key]
         name = key.removeprefix("unet.").replace(".processor.", ".")
         for tag in (".lora.down.weight", ".lora.up.weight", ".lora_A.weight", ".lora_B.weight", ".alpha"):
             if name.endswith(tag):
@@ -183,7 +185,7 @@ def check_lora_fits(unet: Any, path: str | Path) -> dict[str, torch.Tensor]:
         module = modules.get(name)
         if not isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
             raise ValueError(
-                f"LoRA {path}: was trained for another architecture: key {key!r} names module {name!r}, which "
+                f"LoRA {path}: was trained for another architecture: key {file_key!r} names module {name!r}, which "
                 f"this UNet ({architecture_of(unet).upper()}, blocks {attention_blocks(unet)[:3]}...) lacks"
             )
         if tensor.ndim <= 1:  # .alpha
@@ -203,7 +205,7 @@ def check_lora_fits(unet: Any, path: str | Path) -> dict[str, torch.Tensor]:
             kind = f"Conv2d({module.in_channels}, {module.out_channels}, kernel {tuple(module.kernel_size)})"
         if not fits:
             raise ValueError(
-                f"LoRA {path}: was trained for another architecture: {key!r} has shape {tuple(tensor.shape)}, "
+                f"LoRA {path}: was trained for another architecture: {file_key!r} has shape {tuple(tensor.shape)}, "
                 f"but {name} is {kind}"
             )
     return state
