@@ -37,7 +37,7 @@ from typing import Any
 
 import torch
 
-from stylekit.files import atomic_path, write_json_atomic
+from stylekit.files import atomic_path, ensure_folder, write_json_atomic
 from stylekit.lora import (
     LORA_WEIGHT_NAME,
     ROLES,
@@ -573,12 +573,7 @@ def run(config: TrainLoRAConfig) -> dict[str, Any]:
     resolution_hint = config.resolution or 8
     load_sets(config, resolution_hint)
     resume = resolve_resume(config)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise ValueError(f"--output_dir: cannot create {out}: {error.strerror or error}") from None
-    if not os.access(out, os.W_OK):
-        raise ValueError(f"--output_dir: {out} is not writable")
+    ensure_folder(out, "--output_dir")
 
     accelerator = Accelerator(
         mixed_precision=config.mixed_precision,

@@ -115,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
     """Build and serve the app until interrupted; returns 0."""
     from stylekit.apps.ui import build_demo
     from stylekit.batch import InputError
+    from stylekit.files import ensure_folder
 
     for name in ("max_steps", "concurrency"):
         if getattr(args, name) < 1:
@@ -126,8 +127,8 @@ def run(args: argparse.Namespace) -> int:
     for folder in args.search_folder or []:
         if not os.path.isdir(folder):
             raise InputError(f"argument --search-folder: not a folder: {folder}")
-    if args.work_dir is not None and os.path.exists(args.work_dir) and not os.path.isdir(args.work_dir):
-        raise InputError(f"argument --work-dir: {args.work_dir} is a file; expected a folder")
+    if args.work_dir is not None:
+        ensure_folder(args.work_dir, "argument --work-dir", InputError)
     if not re.fullmatch(r"\d+\s*(b|kb|mb|gb|tb)", str(args.max_file_size).strip(), flags=re.IGNORECASE):
         raise InputError(
             f"argument --max-file-size: expected a number and a unit (b, kb, mb, gb, tb), e.g. 20mb; "

@@ -43,6 +43,7 @@ from stylekit.batch import (
 from stylekit.cache import STRATEGIES
 from stylekit.capabilities import CapabilityUnavailable
 from stylekit.commands import EXTRA_COMMANDS, PASSTHROUGH
+from stylekit.files import ensure_folder
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 DTYPES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
@@ -338,17 +339,6 @@ def collect_inputs(
     return content_files, style_files, content_notes + style_notes
 
 
-def prepare_output_dir(path: Path) -> Path:
-    """Create the output folder (and parents); raises ``InputError`` if it is a file or not creatable."""
-    if path.exists() and not path.is_dir():
-        raise InputError(f"-o/--output: expected a folder, got a file: {path}")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise InputError(f"-o/--output: cannot create folder {path} ({error.strerror})") from None
-    return path
-
-
 def process_state(requested_device: str | None) -> Any:
     """accelerate's ``PartialState`` for this process (one process, or one of ``accelerate launch``'s).
 
@@ -514,9 +504,9 @@ def run_transfer(args: argparse.Namespace) -> int:
     state = process_state(args.device)
     device = resolve_device(args.device, state)
     dtype = resolve_dtype(args.dtype, device)
-    if args.cache_dir is not None and args.cache_dir.exists() and not args.cache_dir.is_dir():
-        raise InputError(f"argument --cache-dir: {args.cache_dir} is a file; expected a folder")
-    out_dir = prepare_output_dir(args.output)
+    if args.cache_dir is not None:
+        ensure_folder(args.cache_dir, "argument --cache-dir", InputError)
+    out_dir = ensure_folder(args.output, "-o/--output", InputError)
     pairs = plan_pairs(contents, styles)
     digests = {path: file_sha256(path) for path in {*contents, *styles}}
     request = requested_settings(args)

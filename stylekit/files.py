@@ -71,6 +71,21 @@ def atomic_path(target: str | Path, folder: bool = False, suffix: str = TEMP_SUF
         raise
 
 
+def ensure_folder(path: str | Path, argument: str, error: type[Exception] = ValueError) -> Path:
+    """Create the folder ``path`` (and its parents) for the option ``argument``; raise ``error`` naming the
+    option when it is a file, cannot be created, or is not writable."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise error(f"{argument}: expected a folder, got a file: {path}")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as failure:
+        raise error(f"{argument}: cannot create folder {path} ({failure.strerror or failure})") from None
+    if not os.access(path, os.W_OK):
+        raise error(f"{argument}: the folder {path} is not writable")
+    return path
+
+
 def write_json_atomic(path: str | Path, data: Any) -> None:
     """Write ``data`` as indented JSON to ``path`` atomically (see :func:`atomic_path`)."""
     with atomic_path(path) as temp:
