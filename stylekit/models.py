@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -303,22 +302,34 @@ def dtype_kwarg() -> str:
     return "dtype" if hasattr(deprecation_utils, "_resolve_dtype") else "torch_dtype"
 
 
-_FINGERPRINTS: weakref.WeakKeyDictionary[torch.nn.Module, tuple[tuple, str]] = weakref.WeakKeyDictionary()
-
-
 def model_fingerprint(module: torch.nn.Module) -> str:
-    """A short hash of a module's config, parameter shapes and a strided sample of its weights.
+    """A short hash of a module's config, parameter names and shapes and a strided sample of every weight
+    (64 values per tensor).
 
-    Memoised per module on the parameters' identities and in-place version counters, so it is free
-    to ask again and recomputed whenever a weight is replaced, added (LoRA) or edited in place.
+    Computed afresh on every call (a few milliseconds: the samples are gathered on the weights' device and
+    copied once). A memo keyed on parameter versions would miss edits made through ``.data``, which is how
+    diffusers' ``fuse_lora`` changes weights, and the inversion cache would then return stale results.
     """
-    state = (_config_json(module), tuple((name, id(p), p._version) for name, p in module.named_parameters()))
-    memo = _FINGERPRINTS.get(module)
-    if memo is not None and memo[0] == state:
-        return memo[1]
-    fingerprint = _compute_fingerprint(module)
-    _FINGERPRINTS[module] = (state, fingerprint)
-    return fingerprint
+    named = [(n, p) for n, p in module.named_parameters()]
+    with torch.no_grad():
+        samples = [
+            p.detach().reshape(-1)[:: max(1, p.numel() // 64)][:64].float()
+            for _, p in named
+            if p.device.type != "meta"
+        ]
+        host = torch.cat([s.to(samples[0].device) for s in samples]).cpu().numpy() if samples else None
+    sizes = iter([s.numel() for s in samples])
+    digest = hashlib.sha256(_config_json(module).encode())
+    offset = 0
+    for name, param in named:  # the bytes in the same order as always, so fingerprints stay comparable
+        digest.update(name.encode())
+        digest.update(str(tuple(param.shape)).encode())
+        if param.device.type == "meta":
+            continue
+        size = next(sizes)
+        digest.update(host[offset : offset + size].tobytes())
+        offset += size
+    return digest.hexdigest()[:16]
 
 
 def _config_json(module: torch.nn.Module) -> str:
@@ -327,17 +338,3 @@ def _config_json(module: torch.nn.Module) -> str:
     return json.dumps(
         {k: v for k, v in dict(config).items() if not k.startswith("_")}, sort_keys=True, default=str
     )
-
-
-def _compute_fingerprint(module: torch.nn.Module) -> str:
-    digest = hashlib.sha256(_config_json(module).encode())
-    with torch.no_grad():
-        for name, param in module.named_parameters():
-            digest.update(name.encode())
-            digest.update(str(tuple(param.shape)).encode())
-            if param.device.type == "meta":
-                continue
-            flat = param.detach().reshape(-1)
-            sample = flat[:: max(1, flat.numel() // 64)][:64]
-            digest.update(sample.float().cpu().numpy().tobytes())
-    return digest.hexdigest()[:16]

@@ -44,6 +44,19 @@ def test_unknown_kind_and_fingerprint(tiny_sd):
         with torch.no_grad():
             tiny_sd.unet.conv_out.bias.copy_(saved)
     assert model_fingerprint(tiny_sd.unet) == before
+    # edits through .data bump no version counter (diffusers' fuse_lora writes weights this way)
+    weight = tiny_sd.unet.conv_out.weight
+    saved = weight.data.clone()
+    try:
+        weight.data = weight.data * 1.5
+        assert model_fingerprint(tiny_sd.unet) != before
+        weight.data = saved.clone()
+        assert model_fingerprint(tiny_sd.unet) == before
+        weight.data.add_(0.5)
+        assert model_fingerprint(tiny_sd.unet) != before
+    finally:
+        weight.data = saved
+    assert model_fingerprint(tiny_sd.unet) == before
 
 
 @pytest.mark.parametrize(
