@@ -83,6 +83,22 @@ def test_embed_accepts_any_mode_and_size(cnn, tmp_path):
         cnn.embed(["/no/such/file.png"])
 
 
+def test_batched_pixels_are_checked_and_scaled_like_single_images(cnn):
+    world = np.random.default_rng(2).integers(0, 255, (2, 32, 48, 3), dtype=np.uint8)
+    one_by_one = cnn.embed(list(world))  # each image covered and centre-cropped
+    assert torch.allclose(cnn.embed(world), one_by_one, atol=1e-5)
+    assert torch.allclose(cnn.embed(torch.from_numpy(world).permute(0, 3, 1, 2)), one_by_one, atol=1e-5)
+    square = world[:, :, :32]
+    assert torch.allclose(cnn.embed(square.astype(np.float32) / 255), cnn.embed(square), atol=1e-6)
+    for bad, message in (
+        (square.astype(np.float32), "float pixels must be in \\[0, 1\\], got \\[.*\\] \\(values 0..255"),
+        (torch.full((1, 3, 32, 32), float("nan")), "NaN"),
+        (torch.zeros((1, 3, 32, 32), dtype=torch.int64), "expected uint8 or float"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            cnn.embed(bad)
+
+
 def test_hf_clip_backbone_tokens_and_prompt_filter(clip_extractor):
     pixels = torch.rand(2, 3, 40, 40, generator=torch.Generator().manual_seed(1))  # resized to 32
     out = clip_extractor(pixels)

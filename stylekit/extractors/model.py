@@ -60,6 +60,25 @@ def _atomic_write(path: Path, write) -> None:
         write(str(temp))
 
 
+def _unit_pixels(batch: torch.Tensor) -> torch.Tensor:
+    """A batch of pixels as floats in [0, 1]: uint8 divided by 255; floats checked, as single images are
+    (finite, within ``FLOAT_SLACK`` of [0, 1]); a ValueError otherwise."""
+    from stylekit.images import FLOAT_SLACK
+
+    if batch.dtype == torch.uint8:
+        return batch.float() / 255.0
+    if not batch.is_floating_point():
+        raise ValueError(f"images: expected uint8 or float pixels, got {batch.dtype}")
+    batch = batch.float()
+    if not torch.isfinite(batch).all():
+        raise ValueError("images: the batch contains NaN or infinite values")
+    low, high = float(batch.min()), float(batch.max())
+    if low < -FLOAT_SLACK or high > 1.0 + FLOAT_SLACK:
+        hint = " (values 0..255? divide by 255 or pass uint8)" if high > 2.0 else ""
+        raise ValueError(f"images: float pixels must be in [0, 1], got [{low:.4g}, {high:.4g}]{hint}")
+    return batch.clamp(0.0, 1.0)
+
+
 class StyleExtractor(nn.Module):
     """A contrastive style encoder (CSD layout): backbone -> style head (global embedding) and token head
     (local style tokens), plus an optional content head behind a gradient-reversal layer.
@@ -218,16 +237,20 @@ class StyleExtractor(nn.Module):
         cover ``image_size`` and centre-cropped.
         """
         size = self.config.image_size
+        batch = None
         if isinstance(images, np.ndarray) and images.ndim == 4 and images.shape[-1] == 3:
-            t = torch.from_numpy(np.ascontiguousarray(images))
-            t = t.float() / 255.0 if images.dtype == np.uint8 else t.float()
-            return t.permute(0, 3, 1, 2)
-        if isinstance(images, torch.Tensor) and images.ndim == 4:
+            batch = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
+        elif isinstance(images, torch.Tensor) and images.ndim == 4:
             if images.shape[1] != 3:
                 raise ValueError(
                     f"images: expected a (B, 3, H, W) tensor in [0, 1], got {tuple(images.shape)}"
                 )
-            return images.float()
+            batch = images.detach()
+        if batch is not None:
+            batch = _unit_pixels(batch)
+            if batch.shape[-1] == batch.shape[-2]:  # square: resized in forward(), as cover + crop would
+                return batch
+            images = list(batch.permute(0, 2, 3, 1).cpu().numpy())  # cover + centre crop, one by one
         from stylekit.images import fit_to_size, load_image
 
         if not isinstance(images, Sequence) or isinstance(images, str):
