@@ -55,7 +55,13 @@ class StyleCondition:
                 f"StyleCondition.image: expected a PIL image, array, tensor or path, got {type(self.image).__name__}"
             )
         if self.embedding is not None:
+            if not isinstance(self.embedding, (torch.Tensor, np.ndarray)):
+                raise TypeError(
+                    f"StyleCondition.embedding: expected a tensor or array, got {type(self.embedding).__name__}"
+                )
             shape = tuple(self.embedding.shape)
+            if not bool(torch.isfinite(torch.as_tensor(self.embedding)).all()):
+                raise ValueError("StyleCondition.embedding: contains NaN or infinite values")
             if len(shape) not in (1, 2) or 0 in shape:
                 raise ValueError(f"StyleCondition.embedding: expected shape (D,) or (tokens, D), got {shape}")
         if self.text is not None and (not isinstance(self.text, str) or not self.text.strip()):

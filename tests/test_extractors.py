@@ -244,6 +244,8 @@ def test_embeddings_saved_with_identity_and_checked(cnn, tmp_path):
     assert load_embeddings(path, retrained, strict=False)[0].shape == (4, 12)
     with pytest.raises(ValueError, match=r"shape \(4, 7\), expected \(N, 12\)"):
         save_embeddings(tmp_path / "bad.safetensors", torch.zeros(4, 7), cnn)
+    from_numpy = save_embeddings(tmp_path / "np.safetensors", emb.numpy(), cnn)  # arrays are taken too
+    assert torch.equal(load_embeddings(from_numpy, cnn)[0], emb)
 
 
 def test_style_direction_is_difference_of_means(cnn):

@@ -6,6 +6,7 @@ import warnings
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from stylekit import StyleCondition
@@ -90,6 +91,10 @@ def test_bad_arguments(no_model_work, images, kwargs, message):
 def test_bad_style_conditions(no_model_work, images):
     with pytest.raises(ValueError, match="at least one of image, embedding, text or lora"):
         StyleCondition()
+    with pytest.raises(ValueError, match="embedding: contains NaN"):
+        StyleCondition(embedding=torch.full((8,), float("nan")))
+    with pytest.raises(TypeError, match="embedding: expected a tensor or array, got list"):
+        StyleCondition(embedding=[0.1] * 8)
     for weight in (2.0, True, "0.5"):
         with pytest.raises(ValueError, match="weight"):
             StyleCondition(image=images[0], weight=weight)

@@ -32,6 +32,8 @@ def save_embeddings(
         tokens: ``(N, T, D)`` local style tokens, optional.
         metadata: extra string metadata.
     """
+    embeddings = torch.as_tensor(embeddings)  # numpy arrays too
+    tokens = None if tokens is None else torch.as_tensor(tokens)
     if embeddings.shape[-1] != extractor.embed_dim or embeddings.ndim not in (1, 2):
         raise ValueError(
             f"embeddings have shape {tuple(embeddings.shape)}, expected (N, {extractor.embed_dim}) for this extractor"
