@@ -361,6 +361,7 @@ class RegionAdapters:
         self._context: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)
         self._rows: list[Any] = []
         self._names: list[str] = []
+        self._prepended = 0  # rows other conditioners put before the call's own (StyleID references)
         self.position = 0.0
 
     @classmethod
@@ -481,6 +482,7 @@ class RegionAdapters:
         extra = batch - len(rows)
         if extra < 0 or extra % frames:
             raise RuntimeError(f"regional adapters: the UNet batch has {batch} rows, the call {len(rows)}")
+        self._prepended = extra
         active = [self._active(row.style) for row in rows]
         if self._lora is not None:
             self._names = [BASE_ADAPTER] * extra + [
@@ -515,6 +517,9 @@ class RegionAdapters:
             )
             if len(token_rows) == rows:
                 names = [names[int(i)] for i in token_rows]
+            elif self._prepended and rows == len(names) - self._prepended:
+                names = names[self._prepended :]  # the call's own rows without the prepended reference rows
+                # (a StyleTokens conditioner projects only those under StyleID's trajectory strategy)
             elif state is None and names and rows % len(names) == 0:  # (with tokens it would be ambiguous)
                 names = [name for name in names for _ in range(rows // len(names))]
             else:

@@ -305,3 +305,47 @@ def test_sdxl_lora_region(tiny_sdxl, scene, tmp_path):
     np.testing.assert_allclose(out[~left], recon[~left], atol=1e-4)
     assert np.abs(out - recon)[left].mean() > 0.01
     assert_same(before, snapshot(tiny_sdxl))
+
+
+# ------------------------------------------------------------------- both cache strategies, style guidance
+def test_strategies_agree_with_style_guidance_and_regional_lora_plus_tokens(
+    tiny_sd, loras, token_adapter, scene
+):
+    """StyleID's trajectory strategy prepends reference rows and style guidance appends a copy of the text
+    rows: every per-row piece (injection pairs, regional adapter names) must follow both."""
+    from stylekit.tokens import StyleTokens
+
+    content, style, left = scene
+    embedding = torch.randn(16, generator=torch.Generator().manual_seed(0))
+
+    def tokens(scale):
+        return StyleTokens(token_adapter, StyleCondition(embedding=embedding), style_guidance_scale=scale)
+
+    contents = [content, make_image(5, SIZE)]
+    out = {
+        (strategy, scale): run(
+            tiny_sd, contents, style, cache_strategy=strategy, conditioners=[tokens(scale)]
+        ).images
+        for strategy in ("features", "trajectory")
+        for scale in (None, 1.0, 3.0)
+    }
+    reference = out[("features", None)]
+    assert np.abs(out[("features", 3.0)] - reference).max() > 1e-3  # guidance acts
+    for scale in (None, 1.0, 3.0):  # the strategies agree
+        assert np.abs(out[("trajectory", scale)] - out[("features", scale)]).max() < 1e-4, scale
+    for strategy in ("features", "trajectory"):  # guidance at scale 1 is the tokens without guidance
+        assert np.abs(out[(strategy, 1.0)] - reference).max() < 1e-4, strategy
+
+    regional = [StyleCondition(image=style, mask=left), StyleCondition(lora=loras["a"], mask=~left)]
+    by_strategy = [
+        run(
+            tiny_sd,
+            content,
+            regional,
+            cache_strategy=strategy,
+            conditioners=[tokens(None)],
+            style_token_adapter=token_adapter,
+        ).images
+        for strategy in ("features", "trajectory")
+    ]
+    assert np.abs(by_strategy[0] - by_strategy[1]).max() < 1e-4

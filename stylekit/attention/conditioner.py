@@ -253,6 +253,9 @@ class AttentionInjection(ConditionerBase):
         n_refs = len(refs)
 
         def pre_hook(module: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+            # The reference rows go first in and come off last: other conditioners' hooks (style guidance
+            # rows, per-row adapters) see the whole batch on the way in and on the way out.
+            module._forward_hooks.move_to_end(post.id)
             sample, timestep, *rest = args if args else (kwargs.pop("sample"), kwargs.pop("timestep"))
             t = int(timestep.reshape(-1)[0]) if torch.is_tensor(timestep) else int(timestep)
             ref_latents = torch.stack([self._trajectory_latent(d, t) for d in refs]).to(sample.dtype)
@@ -270,7 +273,8 @@ class AttentionInjection(ConditionerBase):
 
         # prepend: the reference rows are added before any other hook (e.g. an evaluation counter) sees the batch
         handles.append(pipe.unet.register_forward_pre_hook(pre_hook, with_kwargs=True, prepend=True))
-        handles.append(pipe.unet.register_forward_hook(hook, with_kwargs=True, prepend=True))
+        post = pipe.unet.register_forward_hook(hook, with_kwargs=True)
+        handles.append(post)
         try:
             with installed_processors(pipe.unet, self.layers, controller):
                 yield

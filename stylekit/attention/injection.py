@@ -155,21 +155,24 @@ class InjectionController:
             if self.mode == "inject"
             else (q[self.live_refs :], k[self.live_refs :], v[self.live_refs :])
         )
+        stylized = own[0].shape[0]
         if self.mode == "inject":
             assert self.timestep is not None
             t = self.timestep
+            pairs = appended_rows(self.pairs, stylized)
             q_content = (
-                torch.stack([self.bank.get(c, layer, "q", t) for c, _ in self.pairs])
+                torch.stack([self.bank.get(c, layer, "q", t) for c, _ in pairs])
                 if (s.query_preservation)
                 else None
             )
             if s.attention_injection:
-                k = torch.stack([self.bank.get(st, layer, "k", t) for _, st in self.pairs]).to(k.dtype)
-                v = torch.stack([self.bank.get(st, layer, "v", t) for _, st in self.pairs]).to(v.dtype)
+                k = torch.stack([self.bank.get(st, layer, "k", t) for _, st in pairs]).to(k.dtype)
+                v = torch.stack([self.bank.get(st, layer, "v", t) for _, st in pairs]).to(v.dtype)
         else:  # live: rows [refs..., stylized...]
             refs = self.live_refs
-            content_rows = [c for c, _ in self.live_pairs]
-            style_rows = [st for _, st in self.live_pairs]
+            live_pairs = appended_rows(self.live_pairs, stylized)
+            content_rows = [c for c, _ in live_pairs]
+            style_rows = [st for _, st in live_pairs]
             q_content = q[content_rows] if s.query_preservation else None
             q, k_ref, v_ref = q[refs:], k[style_rows], v[style_rows]
             k, v = (k_ref, v_ref) if s.attention_injection else (k[refs:], v[refs:])
@@ -177,9 +180,21 @@ class InjectionController:
             q = s.gamma * q_content.to(q.dtype) + (1.0 - s.gamma) * q
         q = q * s.temperature
         if self.row_active is not None and not all(self.row_active):
-            active = torch.tensor(self.row_active, device=q.device).view(-1, 1, 1)
+            active = torch.tensor(appended_rows(self.row_active, stylized), device=q.device).view(-1, 1, 1)
             q, k, v = (torch.where(active, new, old) for new, old in zip((q, k, v), own, strict=True))
         return q, k, v
+
+
+def appended_rows(per_row: Sequence[Any], rows: int) -> list[Any]:
+    """``per_row`` (one entry per stylized row) for a batch of ``rows``: rows appended after ours repeat our
+    last ones (StyleTokens' style guidance appends a copy of the text-conditioned rows, which in a StyleID
+    batch, without classifier-free guidance, are all of them)."""
+    extra = rows - len(per_row)
+    if extra == 0:
+        return list(per_row)
+    if not 0 < extra <= len(per_row):
+        raise ValueError(f"StyleID injection: {rows} stylized rows in the batch for {len(per_row)} outputs")
+    return [*per_row, *per_row[len(per_row) - extra :]]
 
 
 def token_mask(masks: torch.Tensor, tokens: int) -> torch.Tensor:
@@ -312,7 +327,8 @@ class StyleInjectionProcessor:
         if ctrl.token_masks is not None and ctrl.mode in ("inject", "live"):
             refs = ctrl.live_refs if ctrl.mode == "live" else 0
             plain = self._attend(attn, query[refs:], key[refs:], value[refs:])
-            keep = token_mask(ctrl.token_masks, plain.shape[1]).to(plain.dtype)
+            masks = ctrl.token_masks[appended_rows(range(len(ctrl.token_masks)), plain.shape[0])]
+            keep = token_mask(masks, plain.shape[1]).to(plain.dtype)
             restricted = keep * hidden_states[refs:] + (1 - keep) * plain
             hidden_states = torch.cat([hidden_states[:refs], restricted]) if refs else restricted
         return self_attention_output(attn, hidden_states, residual, shape)
