@@ -25,6 +25,7 @@ from stylekit.conditioning import (
     ImageLike,
     StyleCondition,
     attached,
+    one_call_at_a_time,
     reference_conditions,
 )
 from stylekit.images import fit_to_size, load_image, round_to_factor, to_tensor
@@ -170,6 +171,7 @@ class StyleInjectionMixin:
         return self.image_processor.postprocess(image.detach(), output_type=output_type)
 
     @torch.no_grad()
+    @one_call_at_a_time
     def __call__(
         self,
         content_image: ImageLike | Sequence[ImageLike],

@@ -45,6 +45,7 @@ from stylekit.conditioning import (
     Conditioner,
     ConditionerBase,
     attached,
+    one_call_at_a_time,
 )
 from stylekit.images import fit_to_size, load_image, to_tensor
 from stylekit.inversion import ddim_invert
@@ -269,6 +270,7 @@ class StyleVideoPipeline(AnimateDiffPipeline):
         return bundled[1]
 
     @torch.no_grad()
+    @one_call_at_a_time
     def __call__(  # type: ignore[override]
         self,
         prompt: str | list[str] | None = None,

@@ -55,6 +55,7 @@ from stylekit.conditioning import (
     ImageLike,
     StyleCondition,
     attached,
+    one_call_at_a_time,
     reference_conditions,
 )
 from stylekit.images import fit_to_size, load_image, round_to_factor, to_tensor
@@ -293,6 +294,7 @@ class VideoStyleTransferPipeline(StyleInjectionPipeline):
 
     # ------------------------------------------------------------------------------------ call
     @torch.no_grad()
+    @one_call_at_a_time
     def __call__(  # type: ignore[override]
         self,
         video: Any,

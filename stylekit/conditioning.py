@@ -7,9 +7,11 @@ manager that restores the pipeline exactly, also when the call raises) and may h
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
-from collections.abc import Iterator, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,6 +130,27 @@ def schedule_position(scheduler: Any, timestep: Any) -> float:
     if t in schedule:
         return schedule.index(t) / len(schedule)
     return 1.0 - t / int(scheduler.config.num_train_timesteps)
+
+
+def one_call_at_a_time(call: Callable[..., Any]) -> Callable[..., Any]:
+    """Decorator for a pipeline's ``__call__``: a call arriving from another thread while one runs is refused
+    with a clear error (a call changes the pipeline's attention processors, adapters and hooks until it
+    returns, so two at once would corrupt each other and the pipeline). Calls from the same thread nest."""
+
+    @functools.wraps(call)
+    def guarded(self: Any, *args: Any, **kwargs: Any) -> Any:
+        lock = self.__dict__.setdefault("_stylekit_call_lock", threading.RLock())
+        if not lock.acquire(blocking=False):
+            raise RuntimeError(
+                f"{type(self).__name__}: another thread is running a call on this pipeline; a pipeline serves "
+                "one call at a time (use one pipeline per thread, or serialize the calls)"
+            )
+        try:
+            return call(self, *args, **kwargs)
+        finally:
+            lock.release()
+
+    return guarded
 
 
 @contextmanager

@@ -118,6 +118,39 @@ def test_processors_restored_after_call_and_after_failure(tiny_sd, images):
         assert (len(tiny_sd.unet._forward_pre_hooks), len(tiny_sd.unet._forward_hooks)) == hooks_before
 
 
+def test_a_call_from_another_thread_is_refused_while_one_runs(tiny_sd, images):
+    import threading
+
+    inside, release = threading.Event(), threading.Event()
+
+    def wait(pipe, step, timestep, kwargs):
+        inside.set()
+        release.wait(timeout=60)
+        return kwargs
+
+    before = dict(tiny_sd.unet.attn_processors)
+    alone = run(tiny_sd, images[0], images[1]).images
+    results = {}
+    worker = threading.Thread(
+        target=lambda: results.update(
+            out=run(tiny_sd, images[0], images[1], callback_on_step_end=wait).images
+        )
+    )
+    worker.start()
+    try:
+        assert inside.wait(timeout=60)
+        with pytest.raises(RuntimeError, match="another thread is running a call on this pipeline"):
+            run(tiny_sd, images[2], images[1])
+    finally:
+        release.set()
+        worker.join(timeout=120)
+    np.testing.assert_array_equal(results["out"], alone)  # the running call was not disturbed
+    assert dict(tiny_sd.unet.attn_processors) == before
+    np.testing.assert_array_equal(
+        run(tiny_sd, images[0], images[1]).images, alone
+    )  # the pipeline is free again
+
+
 def test_untargeted_processors_are_kept(tiny_sd, images):
     """A custom processor on an untargeted layer (stand-in for IP-Adapter/LoRA) is used during the call."""
     from diffusers.models.attention_processor import AttnProcessor2_0
