@@ -298,6 +298,9 @@ def test_bundled_extractor_measures_world_styles():
     emb = extractor.embed(images)
     out = style_retrieval(emb, emb, labels, labels, ks=(1, 3), exclude_self=True)
     assert out["map_at_1"] >= 0.8
+    for ks in ((0,), (), (1.5,)):
+        with pytest.raises(ValueError, match="ks: expected integers >= 1"):
+            style_retrieval(emb, emb, labels, labels, ks=ks)
     same = style_similarity(images[0:1], images[1:2])
     different = style_similarity(images[0:1], images[4:5])
     assert float(same) > float(different)
