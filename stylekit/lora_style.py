@@ -168,7 +168,11 @@ class LoRAStyle(ConditionerBase):
         previous = set(getattr(unet, "peft_config", {}) or {})
         clash = previous & {s.name for s in self.specs}
         if clash:
-            raise ValueError(f"LoRAStyle: the pipeline already has adapter(s) named {sorted(clash)}")
+            raise ValueError(
+                f"LoRAStyle: the pipeline already has adapter(s) named {sorted(clash)} (loaded by the user or by "
+                "another LoRAStyle in this call); give each LoRAStyle its own names with adapters={name: path}, "
+                "or put the LoRAs into one LoRAStyle"
+            )
         snapshot = _snapshot_layers(unet)
         wrapped_before = set(snapshot)
         trainable = _requires_grad_flags(pipe)  # peft's load freezes every base parameter

@@ -130,6 +130,17 @@ def test_restored_after_a_failing_call(tiny_sd, images, adapters):
     assert_same(before, snapshot(tiny_sd))
 
 
+def test_two_lorastyles_with_one_name_are_refused_clearly(tiny_sd, images, adapters):
+    before = snapshot(tiny_sd)
+    twice = [LoRAStyle(style=adapters / "style"), LoRAStyle(style=adapters / "content")]
+    with pytest.raises(ValueError, match="another LoRAStyle in this call.*adapters=\\{name: path\\}"):
+        stylize(tiny_sd, images, twice)
+    assert_same(before, snapshot(tiny_sd))
+    named = [LoRAStyle(adapters={"a": adapters / "style"}), LoRAStyle(adapters={"b": adapters / "content"})]
+    assert stylize(tiny_sd, images, named).shape[0] == 1
+    assert_same(before, snapshot(tiny_sd))
+
+
 def test_keeps_an_adapter_the_pipeline_already_had(tiny_sd, images, adapters):
     tiny_sd.load_lora_weights(str(adapters / "content"), adapter_name="mine")
     tiny_sd.set_adapters(["mine"], [0.5])
