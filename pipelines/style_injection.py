@@ -232,6 +232,7 @@ class StyleInjectionMixin:
         Returns:
             ``StyleInjectionPipelineOutput`` (or a tuple ``(images,)`` when ``return_dict=False``).
         """
+        self._guidance_scale = 1.0  # no classifier-free guidance here (a stock call may have left another)
         contents, conditions, style_images, layer_names, height, width = self.check_style_inputs(
             content_image,
             style,

@@ -395,6 +395,7 @@ class VideoStyleTransferPipeline(StyleInjectionPipeline):
         Returns:
             ``VideoStyleTransferOutput`` (or ``(frames,)`` when ``return_dict=False``).
         """
+        self._guidance_scale = 1.0  # no classifier-free guidance here (a stock call may have left another)
         adapter = (
             self.motion_adapter
             if isinstance(motion_adapter, str) and motion_adapter == "default"

@@ -11,6 +11,7 @@ import functools
 import math
 import numbers
 import threading
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -132,23 +133,47 @@ def schedule_position(scheduler: Any, timestep: Any) -> float:
     return 1.0 - t / int(scheduler.config.num_train_timesteps)
 
 
+_UNET_CALLS: weakref.WeakKeyDictionary[torch.nn.Module, tuple[threading.Lock, list[int | None]]] = (
+    weakref.WeakKeyDictionary()
+)
+_UNET_CALLS_LOCK = threading.Lock()
+
+
+@contextmanager
+def exclusive_unet(pipe: Any) -> Iterator[None]:
+    """Hold ``pipe.unet`` for one call. A call changes the UNet's attention processors, adapters and hooks
+    until it returns, so a second call on the same UNet (from another thread, from a pipeline sharing it
+    through ``from_pipe``, or nested inside the first, e.g. from a callback) is refused with a clear error
+    rather than let the two corrupt each other and the UNet."""
+    unet = pipe.unet
+    with _UNET_CALLS_LOCK:
+        lock, owner = _UNET_CALLS.setdefault(unet, (threading.Lock(), [None]))
+    if not lock.acquire(blocking=False):
+        if owner[0] == threading.get_ident():
+            raise RuntimeError(
+                f"{type(pipe).__name__}: a call is already running on this UNet in this thread; a nested call "
+                "(e.g. from a callback) is not supported"
+            )
+        raise RuntimeError(
+            f"{type(pipe).__name__}: another thread is running a call on this UNet (this pipeline, or one "
+            "sharing its UNet through from_pipe); a UNet serves one call at a time (use one pipeline per "
+            "thread with its own UNet, or serialize the calls)"
+        )
+    owner[0] = threading.get_ident()
+    try:
+        yield
+    finally:
+        owner[0] = None
+        lock.release()
+
+
 def one_call_at_a_time(call: Callable[..., Any]) -> Callable[..., Any]:
-    """Decorator for a pipeline's ``__call__``: a call arriving from another thread while one runs is refused
-    with a clear error (a call changes the pipeline's attention processors, adapters and hooks until it
-    returns, so two at once would corrupt each other and the pipeline). Calls from the same thread nest."""
+    """Decorator for a pipeline's ``__call__``: the call holds the pipeline's UNet (:func:`exclusive_unet`)."""
 
     @functools.wraps(call)
     def guarded(self: Any, *args: Any, **kwargs: Any) -> Any:
-        lock = self.__dict__.setdefault("_stylekit_call_lock", threading.RLock())
-        if not lock.acquire(blocking=False):
-            raise RuntimeError(
-                f"{type(self).__name__}: another thread is running a call on this pipeline; a pipeline serves "
-                "one call at a time (use one pipeline per thread, or serialize the calls)"
-            )
-        try:
+        with exclusive_unet(self):
             return call(self, *args, **kwargs)
-        finally:
-            lock.release()
 
     return guarded
 

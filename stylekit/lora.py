@@ -185,7 +185,8 @@ def check_lora_fits(unet: Any, path: str | Path) -> dict[str, torch.Tensor]:
         module = modules.get(name)
         if not isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
             raise ValueError(
-                f"LoRA {path}: was trained for another architecture: key {file_key!r} names module {name!r}, which "
+                f"LoRA {path}: was trained for another architecture: key {file_key!r} (as diffusers reads it) names "
+                f"module {name!r}, which "
                 f"this UNet ({architecture_of(unet).upper()}, blocks {attention_blocks(unet)[:3]}...) lacks"
             )
         if tensor.ndim <= 1:  # .alpha
@@ -205,7 +206,8 @@ def check_lora_fits(unet: Any, path: str | Path) -> dict[str, torch.Tensor]:
             kind = f"Conv2d({module.in_channels}, {module.out_channels}, kernel {tuple(module.kernel_size)})"
         if not fits:
             raise ValueError(
-                f"LoRA {path}: was trained for another architecture: {file_key!r} has shape {tuple(tensor.shape)}, "
+                f"LoRA {path}: was trained for another architecture: {file_key!r} (as diffusers reads it) has shape "
+                f"{tuple(tensor.shape)}, "
                 f"but {name} is {kind}"
             )
     return state

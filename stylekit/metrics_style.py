@@ -13,6 +13,7 @@ from one extractor only.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from typing import Any
 
@@ -138,8 +139,9 @@ def style_retrieval(
     Returns:
         :func:`retrieval_metrics` of the ranking (both CSD's ``map_at_k`` and standard ``map``/``ap_at_k``).
     """
-    if not ks or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in ks):
-        raise ValueError(f"ks: expected integers >= 1, got {tuple(ks)!r}")
+    ks = tuple(ks)  # (a generator or an array too)
+    if len(ks) == 0 or any(isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1 for k in ks):
+        raise ValueError(f"ks: expected integers >= 1, got {ks!r}")
     q = _as_embeddings(queries, extractor, "queries")
     d = _as_embeddings(database, extractor, "database")
     if q.shape[-1] != d.shape[-1]:

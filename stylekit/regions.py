@@ -385,7 +385,17 @@ class RegionAdapters:
         without a text encoder."""
         from stylekit.lora import check_lora_fits
         from stylekit.lora_style import LoRAStyle
+        from stylekit.tokens import StyleTokens
 
+        guided = [
+            c for c in conditioners if isinstance(c, StyleTokens) and c.style_guidance_scale is not None
+        ]
+        if guided and (self.loras or self.token_conditions):
+            raise ValueError(
+                "conditioners: StyleTokens' style_guidance_scale cannot be combined with regional LoRA or "
+                "style-token regions (the guidance rows would not get their region's adapter); leave "
+                "style_guidance_scale unset there"
+            )
         if self._lora is not None:
             loaded = sorted(getattr(pipe.unet, "peft_config", None) or {})
             if loaded:

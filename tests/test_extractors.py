@@ -301,6 +301,8 @@ def test_bundled_extractor_measures_world_styles():
     for ks in ((0,), (), (1.5,)):
         with pytest.raises(ValueError, match="ks: expected integers >= 1"):
             style_retrieval(emb, emb, labels, labels, ks=ks)
+    for ks in (np.array([1, 3]), (np.int64(1), np.int64(3)), (k for k in (1, 3))):
+        assert style_retrieval(emb, emb, labels, labels, ks=ks, exclude_self=True) == out
     same = style_similarity(images[0:1], images[1:2])
     different = style_similarity(images[0:1], images[4:5])
     assert float(same) > float(different)

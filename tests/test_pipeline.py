@@ -139,16 +139,26 @@ def test_a_call_from_another_thread_is_refused_while_one_runs(tiny_sd, images):
     worker.start()
     try:
         assert inside.wait(timeout=60)
-        with pytest.raises(RuntimeError, match="another thread is running a call on this pipeline"):
+        with pytest.raises(RuntimeError, match="another thread is running a call on this UNet"):
             run(tiny_sd, images[2], images[1])
+        sibling = StyleInjectionPipeline.from_pipe(tiny_sd)  # shares the UNet
+        with pytest.raises(RuntimeError, match="another thread is running a call on this UNet"):
+            run(sibling, images[2], images[1])
     finally:
         release.set()
         worker.join(timeout=120)
     np.testing.assert_array_equal(results["out"], alone)  # the running call was not disturbed
     assert dict(tiny_sd.unet.attn_processors) == before
-    np.testing.assert_array_equal(
-        run(tiny_sd, images[0], images[1]).images, alone
-    )  # the pipeline is free again
+    free_again = run(tiny_sd, images[0], images[1]).images
+    np.testing.assert_array_equal(free_again, alone)
+
+    def nested(pipe, step, timestep, kwargs):
+        run(pipe, images[0], images[1])
+
+    with pytest.raises(RuntimeError, match="a nested call .* is not supported"):
+        run(tiny_sd, images[0], images[1], callback_on_step_end=nested)
+    assert dict(tiny_sd.unet.attn_processors) == before
+    assert not any("lock" in name for name in tiny_sd.__dict__)  # nothing unpicklable left on the pipeline
 
 
 def test_untargeted_processors_are_kept(tiny_sd, images):

@@ -336,6 +336,20 @@ def test_strategies_agree_with_style_guidance_and_regional_lora_plus_tokens(
     for strategy in ("features", "trajectory"):  # guidance at scale 1 is the tokens without guidance
         assert np.abs(out[(strategy, 1.0)] - reference).max() < 1e-4, strategy
 
+    def grid(strategy):  # 2 contents x 2 styles: as many reference rows as stylized rows (looks like CFG)
+        return run(
+            tiny_sd, contents, [style, content], cache_strategy=strategy, conditioners=[tokens(3.0)]
+        ).images
+
+    fresh = grid("trajectory")
+    tiny_sd._guidance_scale = 7.5  # what a stock text-to-image call leaves behind
+    try:
+        after_stock = {strategy: grid(strategy) for strategy in ("features", "trajectory")}
+    finally:
+        tiny_sd.__dict__.pop("_guidance_scale", None)
+    assert np.abs(after_stock["trajectory"] - fresh).max() < 1e-4
+    assert np.abs(after_stock["trajectory"] - after_stock["features"]).max() < 1e-4
+
     regional = [StyleCondition(image=style, mask=left), StyleCondition(lora=loras["a"], mask=~left)]
     by_strategy = [
         run(
@@ -349,3 +363,5 @@ def test_strategies_agree_with_style_guidance_and_regional_lora_plus_tokens(
         for strategy in ("features", "trajectory")
     ]
     assert np.abs(by_strategy[0] - by_strategy[1]).max() < 1e-4
+    with pytest.raises(ValueError, match="style_guidance_scale cannot be combined with regional LoRA"):
+        run(tiny_sd, content, regional, conditioners=[tokens(2.0)], style_token_adapter=token_adapter)

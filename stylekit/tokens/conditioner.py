@@ -28,6 +28,7 @@ from stylekit.conditioning import (
     ImageLike,
     StyleCondition,
     as_condition,
+    exclusive_unet,
     schedule_position,
 )
 from stylekit.tokens.adapter import AdapterCompatibilityError, StyleTokenAdapter
@@ -458,6 +459,19 @@ def text_to_image(
         (c for c in (StableDiffusionXLPipeline, StableDiffusionPipeline) if isinstance(pipe, c)), type(pipe)
     )
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    with exclusive_unet(pipe):
+        return _text_to_image(pipe, base, prompts, style_tokens, num_images_per_prompt, **kwargs)
+
+
+def _text_to_image(
+    pipe: Any,
+    base: Any,
+    prompts: list[str],
+    style_tokens: StyleTokens | None,
+    num_images_per_prompt: int,
+    **kwargs: Any,
+) -> Any:
+    """:func:`text_to_image` while it holds the UNet."""
     if style_tokens is None:
         return base.__call__(pipe, prompts, num_images_per_prompt=num_images_per_prompt, **kwargs)
     style_tokens.prepare(
