@@ -403,6 +403,14 @@ class VideoStyleTransferPipeline(StyleInjectionPipeline):
         )
         if output_type not in ("pil", "np", "pt", "latent"):
             raise ValueError(f"output_type: expected 'pil', 'np', 'pt' or 'latent', got {output_type!r}")
+        if adapter is not None and any(
+            getattr(c, "style_guidance_scale", None) is not None for c in conditioners
+        ):
+            raise ValueError(
+                "conditioners: StyleTokens' style_guidance_scale is not supported with a motion adapter here "
+                "(its guidance rows count frames where the motion UNet counts videos); leave it unset, or pass "
+                "motion_adapter=None"
+            )
         motion_scale = check_motion_scale(motion_scale)
         if adapter is None and motion_scale != 1.0:
             raise ValueError(

@@ -321,3 +321,6 @@ def test_transfer_conditioners_act_on_the_motion_unet(parts, tokens, lora):
     assert_restored(pipe, before[0])
     assert_restored(motion, before[1])
     np.testing.assert_array_equal(transfer(), plain)
+    with pytest.raises(ValueError, match="style_guidance_scale is not supported with a motion adapter"):
+        transfer(StyleTokens(tokens, StyleCondition(embedding=embedding), style_guidance_scale=2.0))
+    assert_restored(motion, before[1])
