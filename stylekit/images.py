@@ -30,6 +30,15 @@ FLOAT_SLACK = 1e-2
 """How far outside [0, 1] a float image may stray (rounding) before it is refused rather than clipped."""
 
 
+def unit_range_problem(low: float, high: float) -> str | None:
+    """Why float pixels spanning ``[low, high]`` are not in [0, 1] (``"[0, 1], got [...]"`` and a hint for
+    0..255 values), or None when they are (within ``FLOAT_SLACK``)."""
+    if low >= -FLOAT_SLACK and high <= 1.0 + FLOAT_SLACK:
+        return None
+    hint = " (values 0..255? divide by 255 or pass uint8)" if high > 2.0 else ""
+    return f"[0, 1], got [{low:.4g}, {high:.4g}]{hint}"
+
+
 def _from_array(array: np.ndarray, argument: str) -> Image.Image:
     if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):
         array = np.moveaxis(array, 0, -1)
@@ -45,12 +54,9 @@ def _from_array(array: np.ndarray, argument: str) -> Image.Image:
         if np.issubdtype(array.dtype, np.floating):
             if not np.isfinite(array).all():
                 raise InputImageError(f"{argument}: the array contains NaN or infinite values")
-            low, high = float(array.min()), float(array.max())
-            if low < -FLOAT_SLACK or high > 1.0 + FLOAT_SLACK:
-                hint = " (values 0..255? divide by 255 or pass uint8)" if high > 2.0 else ""
-                raise InputImageError(
-                    f"{argument}: a float image must hold values in [0, 1], got [{low:.4g}, {high:.4g}]{hint}"
-                )
+            problem = unit_range_problem(float(array.min()), float(array.max()))
+            if problem is not None:
+                raise InputImageError(f"{argument}: a float image must hold values in {problem}")
             array = np.clip(array, 0.0, 1.0) * 255.0
         elif np.issubdtype(array.dtype, np.integer) and array.max(initial=0) > 255:
             array = array.astype(np.float64) / max(float(array.max()), 1.0) * 255.0

@@ -317,18 +317,14 @@ def model_fingerprint(module: torch.nn.Module) -> str:
             for _, p in named
             if p.device.type != "meta"
         ]
-        host = torch.cat([s.to(samples[0].device) for s in samples]).cpu().numpy() if samples else None
-    sizes = iter([s.numel() for s in samples])
+        copied = torch.cat([s.to(samples[0].device) for s in samples]).cpu() if samples else None
+    chunks = iter(copied.split([s.numel() for s in samples]) if copied is not None else ())
     digest = hashlib.sha256(_config_json(module).encode())
-    offset = 0
     for name, param in named:  # the bytes in the same order as always, so fingerprints stay comparable
         digest.update(name.encode())
         digest.update(str(tuple(param.shape)).encode())
-        if param.device.type == "meta":
-            continue
-        size = next(sizes)
-        digest.update(host[offset : offset + size].tobytes())
-        offset += size
+        if param.device.type != "meta":
+            digest.update(next(chunks).numpy().tobytes())
     return digest.hexdigest()[:16]
 
 

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from stylekit.cli import non_negative_int, positive_float, positive_int, unit_interval
+from stylekit.cli import load_model, non_negative_int, positive_float, positive_int, unit_interval
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -139,10 +139,10 @@ def resolve_device(requested: str | None) -> str:
 
 
 def load_components(args: argparse.Namespace, device: str) -> tuple[Any, Any]:
-    """(the motion adapter or None, the pipeline); a name that cannot be loaded is a ValueError."""
+    """(the motion adapter or None, the pipeline); a name that cannot be loaded is a ValueError (the model's:
+    ``stylekit.cli.load_model``'s ``InputError``)."""
     import torch
 
-    from stylekit.models import load_pipeline
     from stylekit.pipelines import VideoStyleTransferPipeline
 
     adapter = None
@@ -163,14 +163,7 @@ def load_components(args: argparse.Namespace, device: str) -> tuple[Any, Any]:
                 f"folder ({' '.join(str(error).split())[:300]})"
             ) from None
     dtype = torch.float16 if device.startswith("cuda") else None
-    try:
-        base = load_pipeline(args.model, dtype=dtype, device=device)
-    except (OSError, ValueError) as error:
-        raise ValueError(
-            f"--model: cannot load {args.model!r}; expected a preset, a hub id or a diffusers folder "
-            f"({' '.join(str(error).split())[:300]})"
-        ) from None
-    return adapter, VideoStyleTransferPipeline.from_pipe(base)
+    return adapter, VideoStyleTransferPipeline.from_pipe(load_model(args.model, device, dtype))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -62,8 +62,8 @@ def _atomic_write(path: Path, write) -> None:
 
 def _unit_pixels(batch: torch.Tensor) -> torch.Tensor:
     """A batch of pixels as floats in [0, 1]: uint8 divided by 255; floats checked, as single images are
-    (finite, within ``FLOAT_SLACK`` of [0, 1]); a ValueError otherwise."""
-    from stylekit.images import FLOAT_SLACK
+    (finite, in [0, 1]: :func:`stylekit.images.unit_range_problem`); a ValueError otherwise."""
+    from stylekit.images import unit_range_problem
 
     if batch.dtype == torch.uint8:
         return batch.float() / 255.0
@@ -72,10 +72,9 @@ def _unit_pixels(batch: torch.Tensor) -> torch.Tensor:
     batch = batch.float()
     if not torch.isfinite(batch).all():
         raise ValueError("images: the batch contains NaN or infinite values")
-    low, high = float(batch.min()), float(batch.max())
-    if low < -FLOAT_SLACK or high > 1.0 + FLOAT_SLACK:
-        hint = " (values 0..255? divide by 255 or pass uint8)" if high > 2.0 else ""
-        raise ValueError(f"images: float pixels must be in [0, 1], got [{low:.4g}, {high:.4g}]{hint}")
+    problem = unit_range_problem(float(batch.min()), float(batch.max()))
+    if problem is not None:
+        raise ValueError(f"images: float pixels must be in {problem}")
     return batch.clamp(0.0, 1.0)
 
 

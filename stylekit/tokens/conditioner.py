@@ -460,24 +460,12 @@ def text_to_image(
     )
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
     with exclusive_unet(pipe):
-        return _text_to_image(pipe, base, prompts, style_tokens, num_images_per_prompt, **kwargs)
-
-
-def _text_to_image(
-    pipe: Any,
-    base: Any,
-    prompts: list[str],
-    style_tokens: StyleTokens | None,
-    num_images_per_prompt: int,
-    **kwargs: Any,
-) -> Any:
-    """:func:`text_to_image` while it holds the UNet."""
-    if style_tokens is None:
-        return base.__call__(pipe, prompts, num_images_per_prompt=num_images_per_prompt, **kwargs)
-    style_tokens.prepare(
-        pipe,
-        batch_size=len(prompts) * num_images_per_prompt,
-        num_inference_steps=kwargs.get("num_inference_steps", 50),
-    )
-    with style_tokens.attach(pipe):
-        return base.__call__(pipe, prompts, num_images_per_prompt=num_images_per_prompt, **kwargs)
+        if style_tokens is None:
+            return base.__call__(pipe, prompts, num_images_per_prompt=num_images_per_prompt, **kwargs)
+        style_tokens.prepare(
+            pipe,
+            batch_size=len(prompts) * num_images_per_prompt,
+            num_inference_steps=kwargs.get("num_inference_steps", 50),
+        )
+        with style_tokens.attach(pipe):
+            return base.__call__(pipe, prompts, num_images_per_prompt=num_images_per_prompt, **kwargs)
