@@ -1,8 +1,11 @@
 """Reading and writing videos: mp4 (and other ffmpeg containers), gif and folders of frames.
 
 - mp4 / mov / mkv / webm / avi go through ``imageio-ffmpeg`` (the ``video`` extra; it ships an ffmpeg
-  binary). Written as H.264 (``yuv420p`` for even sizes, ``yuv444p`` otherwise), near-lossless
-  (``crf`` 10 by default): pixel values are not exact, frame count, order and fps are.
+  binary). Written as H.264 (webm: VP9) (``yuv420p`` for even sizes, ``yuv444p`` otherwise), near-lossless
+  (``crf`` 10 by default), and checked after writing (ffmpeg must report every frame): pixel values are
+  not exact, frame count and order are. fps is what ffmpeg reports (two decimals: 12.345 reads back as
+  12.35), except that the NTSC rates (24000/1001, 30000/1001, ... shown as 23.98, 29.97) are recognised
+  and read exactly.
 - gif goes through Pillow. GIF stores frame durations in centiseconds; stylekit also writes the exact
   fps and frame count into the GIF comment, so a stylekit gif reads back with the same fps and frame count
   (Pillow merges identical consecutive frames into one longer frame; reading expands them again).
@@ -37,6 +40,8 @@ GIF_SUFFIXES = (".gif",)
 FRAME_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 META_FILE = "video.json"
 DEFAULT_FPS = 8.0
+NTSC_FPS = tuple(n * 1000 / 1001 for n in (24, 30, 48, 60, 120))  # ffmpeg prints these to two decimals
+CODECS = {".webm": ("libvpx-vp9", ["-b:v", "0"])}  # (encoder, extra flags); every other container: H.264
 
 
 class VideoIOError(ValueError):
@@ -215,7 +220,7 @@ def _read_ffmpeg(
         reader = ffmpeg.read_frames(str(path), pix_fmt="rgb24")
         meta = reader.__next__()
         width, height = meta["size"]
-        fps = float(meta.get("fps") or default_fps)
+        fps = _exact_fps(float(meta.get("fps") or default_fps))
         try:
             for raw in reader:
                 frames.append(np.frombuffer(raw, dtype=np.uint8).reshape(height, width, 3).copy())
@@ -226,6 +231,11 @@ def _read_ffmpeg(
     except (OSError, RuntimeError, StopIteration, ValueError, KeyError) as error:
         raise VideoIOError(f"{argument}: cannot read the video {path}: {_ffmpeg_reason(error)}") from error
     return frames, fps
+
+
+def _exact_fps(reported: float) -> float:
+    """ffmpeg's two-decimal fps, or the NTSC rate it rounds (29.97 -> 30000/1001)."""
+    return next((rate for rate in NTSC_FPS if abs(rate - reported) < 0.006), reported)
 
 
 def _ffmpeg_reason(error: BaseException) -> str:
@@ -392,19 +402,36 @@ class VideoWriter:
 
     def _open_encoder(self, size: tuple[int, int]) -> Any:
         even = size[0] % 2 == 0 and size[1] % 2 == 0
+        codec, flags = CODECS.get(self.path.suffix.lower(), ("libx264", []))
         encoder = _ffmpeg().write_frames(
             str(self._tmp),
             size,
             fps=self.fps,
-            codec="libx264",
+            codec=codec,
             pix_fmt_out="yuv420p" if even else "yuv444p",
             quality=None,
             macro_block_size=1,
             ffmpeg_log_level="error",
-            output_params=["-crf", str(self.crf)],
+            output_params=["-crf", str(self.crf), *flags],
         )
         encoder.send(None)
         return encoder
+
+    def _check_encoded(self, tmp: Path) -> None:
+        """Raise ``VideoIOError`` unless ffmpeg reads back all frames (an encoder that fails on a short video
+        exits quietly and leaves a header-only file)."""
+        import subprocess
+
+        command = [_ffmpeg().get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(tmp)]
+        command += ["-map", "0:v:0", "-c", "copy", "-f", "null", "-"]
+        result = subprocess.run(command, capture_output=True, text=True, errors="replace")
+        counts = re.findall(r"frame=\s*(\d+)", result.stderr)
+        if result.returncode != 0 or not counts or int(counts[-1]) != self.count:
+            reason = _ffmpeg_reason(RuntimeError(result.stderr)) if result.returncode else f"{counts} frames"
+            raise VideoIOError(
+                f"output: ffmpeg could not write {self.count} frames to {self.path.name} ({reason}); "
+                "nothing written"
+            )
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -420,6 +447,8 @@ class VideoWriter:
             if self._encoder is not None:
                 encoder, self._encoder = self._encoder, None
                 encoder.close()
+                if exc_type is None:
+                    self._check_encoded(tmp)
             if exc_type is None:
                 if self.kind == "gif":
                     self._write_gif(tmp)

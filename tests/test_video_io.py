@@ -26,13 +26,22 @@ def colour_order(video: Video) -> list[int]:
     return [int(np.argmin(((COLOURS - m) ** 2).sum(axis=1))) for m in means]
 
 
-@pytest.mark.parametrize(("name", "fps"), [("clip.mp4", 12.5), ("clip.gif", 10.0), ("frames", 7.0)])
+@pytest.mark.parametrize(
+    ("name", "fps"),
+    [
+        ("clip.mp4", 12.5),
+        ("clip.webm", 30000 / 1001),
+        ("ntsc.mp4", 24000 / 1001),
+        ("clip.gif", 10.0),
+        ("frames", 7.0),
+    ],
+)
 def test_round_trip_keeps_count_fps_and_order(tmp_path, name, fps):
     order = [0, 1, 2, 2, 3, 4, 5, 0]  # a repeated frame too (gif merges identical frames)
     path = write_video(tmp_path / name, solid_frames(order), fps=fps)
     video = read_video(path)
     assert len(video) == len(order)
-    assert video.fps == pytest.approx(fps)
+    assert video.fps == pytest.approx(fps, rel=1e-12)  # NTSC rates exactly, not ffmpeg's 29.97
     assert colour_order(video) == order
     assert video.size == (48, 32)
     assert sorted(p.name for p in tmp_path.iterdir()) == [name]  # no temporary files left
@@ -93,3 +102,17 @@ def test_failed_write_leaves_no_half_written_file(tmp_path, name):
         raise RuntimeError("boom")
     assert not fresh.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == [name]
+
+
+def test_an_encoder_failure_is_an_error_and_the_target_is_kept(tmp_path, monkeypatch):
+    """ffmpeg refuses H.264 in webm but exits quietly on a short video, leaving a header-only file: the
+    writer reads its output back and refuses it."""
+    import stylekit.video_io as video_io
+
+    target = tmp_path / "out.webm"
+    write_video(target, solid_frames([0, 1]), fps=4)
+    monkeypatch.setattr(video_io, "CODECS", {})  # H.264 for webm too
+    with pytest.raises(VideoIOError, match="could not write 3 frames to out.webm"):
+        write_video(target, solid_frames([2, 3, 4]), fps=4)
+    assert colour_order(read_video(target)) == [0, 1]  # the old video is untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.webm"]
