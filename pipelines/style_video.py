@@ -34,6 +34,7 @@ from diffusers import (
     UNet2DConditionModel,
     UNetMotionModel,
 )
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.schedulers import KarrasDiffusionSchedulers
 from transformers import CLIPImageProcessor, CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
 
@@ -109,6 +110,16 @@ class VideoStyleInjection(ConditionerBase):
         device = pipe._execution_device
         unet = pipe.unet
         inversion_scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+        inversion_scheduler.set_timesteps(num_inference_steps)
+        pipe.scheduler.set_timesteps(num_inference_steps, device=device)  # the call sets the same again
+        inverted = {int(t) for t in inversion_scheduler.timesteps}
+        missing = [int(t) for t in pipe.scheduler.timesteps if int(t) not in inverted]
+        if missing:  # checked here, before the inversion, instead of at the first sampling step
+            raise ValueError(
+                f"style injection: {type(pipe.scheduler).__name__} samples timestep {missing[0]}, which the "
+                "style's DDIM inversion does not reach; use a DDIM scheduler (the style is inverted on the DDIM "
+                "schedule)"
+            )
         store_dtype = torch.float16 if device.type == "cuda" else torch.float32
         pixels = styles[:1]
         key = CacheKey(
@@ -334,6 +345,12 @@ class StyleVideoPipeline(AnimateDiffPipeline):
         injection = None
         condition = routed.injection
         if condition is not None and float(condition.weight) > 0.0:
+            if getattr(self, "free_noise_enabled", False):
+                raise ValueError(
+                    "style: a style image (StyleID injection) does not combine with FreeNoise: its one-frame "
+                    "inversion cannot go through FreeNoise's context windows; call pipe.disable_free_noise(), "
+                    "or style the video with style tokens or a LoRA (they work with FreeNoise)"
+                )
             image = load_image(condition.image, "style.image")
             masks = None
             if condition.mask is not None:
@@ -384,6 +401,11 @@ class StyleVideoPipeline(AnimateDiffPipeline):
                     conditioner.on_step_begin(schedule.index(t), t, sample)
 
         use_callback = callback_on_step_end is not None or bool(active)
+        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
+            kwargs.setdefault("callback_on_step_end_tensor_inputs", callback_on_step_end.tensor_inputs)
+        inputs = list(kwargs.get("callback_on_step_end_tensor_inputs", ["latents"]))
+        if active and "latents" not in inputs:  # the conditioners' on_step_end work on the latents
+            kwargs["callback_on_step_end_tensor_inputs"] = [*inputs, "latents"]
         handle = self.unet.register_forward_pre_hook(on_step_begin, with_kwargs=True)
         try:
             with attached(self, active), scaled_motion_modules(self.unet, motion_scale):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 import torch
@@ -193,6 +195,47 @@ def test_style_video_pipeline_end_to_end(tiny_sd, style):
     assert pipe.inversion_cache.stats["hits"] == 1 and pipe.inversion_cache.stats["misses"] == 1
     after = pipe.unet.attn_processors
     assert all(after[k] is before[k] for k in before)
+
+    class Zeroing:  # a conditioner whose on_step_end must run whatever tensors the caller's callback asks for
+        calls = 0
+
+        def prepare(self, pipe, **_):
+            pass
+
+        def attach(self, pipe):
+            return contextlib.nullcontext()
+
+        def on_step_begin(self, step, t, latents):
+            pass
+
+        def on_step_end(self, step, t, latents):
+            Zeroing.calls += 1
+            return latents * 0
+
+    seen = []
+    zeroed = generate(
+        conditioners=[Zeroing()],
+        callback_on_step_end=lambda p, i, t, tensors: seen.append(sorted(tensors)) or tensors,
+        callback_on_step_end_tensor_inputs=["prompt_embeds"],
+    )
+    assert Zeroing.calls == STEPS and seen[0] == ["latents", "prompt_embeds"]
+    np.testing.assert_array_equal(zeroed, generate(conditioners=[Zeroing()]))
+    # refused before any UNet call: a non-DDIM schedule, and FreeNoise with a style image
+    from diffusers import PNDMScheduler
+
+    calls = []
+    hook = pipe.unet.register_forward_pre_hook(lambda *_: calls.append(1))
+    pndm = StyleVideoPipeline.from_pipe(pipe, scheduler=PNDMScheduler.from_config(pipe.scheduler.config))
+    with pytest.raises(ValueError, match="PNDMScheduler samples timestep .* use a DDIM scheduler"):
+        pndm("a red star", style=make_image(9, size=SIZE), num_frames=4, num_inference_steps=5)
+    pipe.enable_free_noise(context_length=2, context_stride=1)
+    try:
+        with pytest.raises(ValueError, match="does not combine with FreeNoise"):
+            generate(style=style)
+    finally:
+        pipe.disable_free_noise()
+    hook.remove()
+    assert calls == []
     with pytest.raises(MotionAdapterMismatch):
         StyleVideoPipeline(
             parts["vae"],
