@@ -38,6 +38,13 @@ from stylekit.training.checkpoint import load_checkpoint, resolve_checkpoint, sa
 from stylekit.video_io import FFMPEG_SUFFIXES, GIF_SUFFIXES, read_video
 
 ADAPTER_DIR = "motion_adapter"
+# flags that shape the trained modules: a resumed run must keep them, and --init_adapter's config decides them
+ARCHITECTURE_FLAGS = (
+    "motion_num_attention_heads",
+    "motion_transformer_layers_per_block",
+    "motion_max_seq_length",
+    "use_motion_mid_block",
+)
 
 
 @dataclass
@@ -140,6 +147,20 @@ def folder_videos(folder: str | Path) -> list[Path]:
     return found
 
 
+def check_videos(videos: list[Path], config: MotionTrainConfig) -> None:
+    """Read the first ``frames`` frames of every video before training: an unreadable video, a folder without
+    frames or (unless ``--still``) a video shorter than ``--frames`` is a ``ValueError`` naming it."""
+    from stylekit.video_io import VideoIOError
+
+    for path in videos:
+        try:
+            count = len(read_video(path, max_frames=config.frames, argument=f"--data {path}"))
+        except VideoIOError as error:
+            raise ValueError(f"{error} (move it out of --data, or fix it)") from None
+        if count < config.frames and not config.still:
+            raise ValueError(f"--data: {path} has {count} frames, fewer than --frames {config.frames}")
+
+
 def folder_clips(config: MotionTrainConfig, videos: list[Path], step: int) -> tuple[np.ndarray, list[str]]:
     """Batch ``step`` of random ``frames``-long clips from ``videos`` resized to ``resolution``."""
     rng = _step_rng(config.seed, step)
@@ -151,6 +172,7 @@ def folder_clips(config: MotionTrainConfig, videos: list[Path], step: int) -> tu
             raise ValueError(f"--data: {path} has {len(video)} frames, fewer than --frames {config.frames}")
         start = int(rng.integers(0, max(1, len(video) - config.frames + 1)))
         frames = video.frames[start : start + config.frames]
+        frames = frames[np.arange(config.frames) % len(frames)]  # --still: a short video's frames cycle
         size = config.resolution
         clips.append(np.stack([np.asarray(fit_to_size(Image.fromarray(f), size, size)) for f in frames]))
         text = path.with_suffix(".txt")
@@ -230,6 +252,14 @@ def build_motion_model(config: MotionTrainConfig) -> tuple[Any, Any, dict[str, A
     if config.init_adapter:
         adapter = MotionAdapter.from_pretrained(config.init_adapter)
         adapter_cfg = {k: v for k, v in adapter.config.items() if not k.startswith("_")}
+        defaults = MotionTrainConfig.__dataclass_fields__
+        for flag in ARCHITECTURE_FLAGS:
+            value = getattr(config, flag)
+            if value != defaults[flag].default and value != adapter_cfg.get(flag):
+                raise ValueError(
+                    f"--{flag} {value}: the modules come from --init_adapter, whose {flag} is "
+                    f"{adapter_cfg.get(flag)}; leave the flag out"
+                )
     else:
         adapter_cfg = adapter_config(pipe.unet, config)
         with torch.random.fork_rng(devices=[]):
@@ -321,6 +351,11 @@ def train(config: MotionTrainConfig) -> dict[str, Any]:
     output_dir = Path(config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     videos = None if config.data == "world" else folder_videos(config.data)
+    if videos is not None:
+        check_videos(videos, config)
+    checkpoint = resolve_checkpoint(output_dir, config.resume_from_checkpoint)
+    if checkpoint is not None:
+        check_resumed_flags(output_dir, config)
     pipe, unet, adapter_cfg = build_motion_model(config)
     pipe.vae.to(accelerator.device)
     pipe.text_encoder.to(accelerator.device)
@@ -332,10 +367,18 @@ def train(config: MotionTrainConfig) -> dict[str, Any]:
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
     start_step = 0
-    checkpoint = resolve_checkpoint(output_dir, config.resume_from_checkpoint)
     if checkpoint is not None:
         state = load_checkpoint(checkpoint)
-        unet.load_state_dict(state["modules"]["motion"], strict=False)
+        saved, current = state["modules"]["motion"], motion_state_dict(unet)
+        mismatched = sorted(set(saved) ^ set(current)) or [
+            k for k in saved if saved[k].shape != current[k].shape
+        ]
+        if mismatched:
+            raise ValueError(
+                f"--resume_from_checkpoint: {checkpoint} holds other motion modules than these flags build "
+                f"(e.g. {mismatched[0]}); resume with the flags in {output_dir / 'config.json'}"
+            )
+        unet.load_state_dict(saved, strict=False)
         optimizer.load_state_dict(state["optimizer"])
         start_step = int(state["state"]["step"])
         scheduler.last_epoch = start_step  # the loaded param groups already hold this step's lr
@@ -403,6 +446,21 @@ def train(config: MotionTrainConfig) -> dict[str, Any]:
         "seconds": time.time() - started,
         "adapter": str(export),
     }
+
+
+def check_resumed_flags(output_dir: Path, config: MotionTrainConfig) -> None:
+    """A resumed run must build the same modules as the run that wrote ``output_dir``: compare the flags that
+    shape them with its ``config.json`` (a ``ValueError`` naming the first that differs)."""
+    path = output_dir / "config.json"
+    if not path.is_file():
+        return
+    first = json.loads(path.read_text())
+    for flag in ("model", "init_adapter", *ARCHITECTURE_FLAGS):
+        if flag in first and first[flag] != getattr(config, flag):
+            raise ValueError(
+                f"--{flag}: {getattr(config, flag)!r} differs from {first[flag]!r}, which the run in "
+                f"{output_dir} was started with; resume with its flags ({path})"
+            )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,6 +8,7 @@ import torch
 
 from stylekit.adapters.train_motion import (
     MotionTrainConfig,
+    check_videos,
     folder_clips,
     folder_videos,
     main,
@@ -77,6 +78,16 @@ def test_train_saves_loadable_full_config_adapter_and_resume_matches(tmp_path):
     assert not any(
         p.name.startswith(".") for p in (tmp_path / "resumed").iterdir()
     )  # no half-written folders
+    # resuming with flags that build other modules is refused before the model loads
+    for changed in (["--motion_num_attention_heads", "8"], ["--motion_transformer_layers_per_block", "1"]):
+        with pytest.raises(ValueError, match=f"{changed[0]}: .* differs from .* resume with its flags"):
+            train(parse_args([*rest, *changed]))
+    # --init_adapter decides the architecture: a flag that contradicts it is refused
+    init = str(tmp_path / "straight" / "motion_adapter")
+    with pytest.raises(ValueError, match="--motion_max_seq_length 8: the modules come from --init_adapter"):
+        build_motion_model(
+            parse_args(flags(tmp_path / "y", "--init_adapter", init, "--motion_max_seq_length", "8"))
+        )
 
 
 def test_still_videos_and_folder_data(tmp_path):
@@ -98,6 +109,20 @@ def test_still_videos_and_folder_data(tmp_path):
     folder = MotionTrainConfig(model="tiny-sd", data=str(tmp_path), frames=4, resolution=32, batch_size=3)
     clips, texts = folder_clips(folder, videos, step=1)
     assert clips.shape == (3, 4, 32, 32, 3) and set(texts) <= {"a red circle", ""}
+    check_videos(videos, folder)
+    write_video(tmp_path / "short.gif", rng.integers(0, 255, (3, 24, 40, 3), dtype=np.uint8), fps=8)
+    with pytest.raises(ValueError, match="short.gif has 3 frames, fewer than --frames 4"):
+        check_videos(folder_videos(tmp_path), folder)  # found before training, not when drawn
+    still = MotionTrainConfig(
+        model="tiny-sd", data=str(tmp_path), frames=4, resolution=32, batch_size=3, still=True
+    )
+    check_videos(folder_videos(tmp_path), still)  # --still needs one frame per video
+    for step in range(4):  # videos of different lengths stack (a short one's frames cycle)
+        assert training_batch(still, step, folder_videos(tmp_path))[0].shape == (3, 4, 3, 32, 32)
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "readme.md").write_text("not a video")
+    with pytest.raises(ValueError, match="notes.*move it out of --data"):
+        check_videos(folder_videos(tmp_path), still)
     with pytest.raises(ValueError, match="--frames"):
         MotionTrainConfig(frames=40, motion_max_seq_length=32)
     with pytest.raises(ValueError, match="--data"):
