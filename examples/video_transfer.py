@@ -5,10 +5,10 @@ about 15 s on a CPU).
 
 Renders a short clip of moving objects from the synthetic world and restyles it with a style image
 rendered from the world too: per-frame DDIM inversion, StyleID injection, and cross-frame attention to
-the first and previous frames for temporal consistency (no motion adapter ships for ``mini``; see
-docs/video.md for one). Writes ``DIR/video_transfer.gif`` (the stylized clip, streamed by the pipeline;
-a ``.mp4`` path works the same way with the [video] extra) and ``DIR/video_transfer.png``: the style,
-then the source frames over the stylized frames.
+the first and previous frames for temporal consistency (adding the bundled motion adapter,
+``stylekit/assets/motion_adapter_mini``, is shown in docs/video.md). Writes ``DIR/video_transfer.gif`` (the
+stylized clip, streamed by the pipeline; a ``.mp4`` path works the same way with the [video] extra) and
+``DIR/video_transfer.png``: the style, then the source frames over the stylized frames.
 """
 
 from __future__ import annotations

@@ -35,6 +35,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
+from numbers import Integral
 from pathlib import Path
 from typing import Any
 
@@ -179,6 +180,14 @@ def video_regions(
     return regional
 
 
+def _same_path(a: str | Path, b: str | Path) -> bool:
+    """Whether two paths name the same file or folder (existing or not)."""
+    a, b = Path(a), Path(b)
+    if a.exists() and b.exists():
+        return a.samefile(b)
+    return a.resolve() == b.resolve()
+
+
 class _StyleOnlyCache:
     """Caches style inversions only (frame inversions are used once and dropped)."""
 
@@ -252,14 +261,17 @@ class VideoStyleTransferPipeline(StyleInjectionPipeline):
         """Validate the video-specific arguments and load the video, the styles and their masks before any
         model work. Returns (video, style conditions, style images (None for a LoRA / token region), the
         video's ``RegionalStyle`` or None, height, width)."""
-        if window_size is not None and (isinstance(window_size, bool) or int(window_size) < 1):
-            raise ValueError(f"window_size: expected None or an integer >= 1, got {window_size!r}")
-        if window_size is not None and not 0 <= int(window_overlap) < int(window_size):
+        for name, value, low in (("window_size", window_size, 1), ("max_frames", max_frames, 1)):
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, Integral) or value < low
+            ):
+                raise ValueError(f"{name}: expected None or an integer >= {low}, got {value!r}")
+        if isinstance(window_overlap, bool) or not isinstance(window_overlap, Integral):
+            raise ValueError(f"window_overlap: expected an integer >= 0, got {window_overlap!r}")
+        if window_size is not None and not 0 <= window_overlap < window_size:
             raise ValueError(
                 f"window_overlap: expected 0 <= window_overlap < window_size ({window_size}), got {window_overlap}"
             )
-        if max_frames is not None and int(max_frames) < 1:
-            raise ValueError(f"max_frames: expected None or >= 1, got {max_frames}")
         if motion_adapter is not None:
             check_motion_adapter(self.unet, motion_adapter)
             limit = int(motion_adapter.config.motion_max_seq_length)
@@ -271,6 +283,8 @@ class VideoStyleTransferPipeline(StyleInjectionPipeline):
         if output_path is not None:
             check_output(output_path, argument="output_path")
         conditions = reference_conditions(style, "video style transfer")
+        if output_path is not None and isinstance(video, (str, Path)) and _same_path(output_path, video):
+            raise ValueError(f"output_path: {output_path} is the input video; write the result elsewhere")
         clip = load_video(video, "video")
         loaded = len(clip)
         if max_frames is not None:

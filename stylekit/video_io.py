@@ -296,9 +296,16 @@ def _read_folder(
     fps = meta["fps"] if meta else default_fps
     files = files[:max_frames] if max_frames else files
     try:
-        return [np.asarray(load_image(f, f"{argument}/{f.name}")) for f in files], fps
+        frames = [np.asarray(load_image(f, f"{argument}/{f.name}")) for f in files]
     except InputImageError as error:
         raise VideoIOError(str(error)) from error
+    for file, frame in zip(files, frames, strict=True):
+        if frame.shape != frames[0].shape:
+            raise VideoIOError(
+                f"{argument}: {file.name} is {frame.shape[1]}x{frame.shape[0]} but {files[0].name} is "
+                f"{frames[0].shape[1]}x{frames[0].shape[0]}; all frames must have the same size"
+            )
+    return frames, fps
 
 
 def iter_video_frames(path: str | Path, argument: str = "video") -> Iterator[np.ndarray]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from stylekit.video_io import Video, VideoIOError, VideoWriter, read_video, write_video
 
@@ -77,9 +78,17 @@ def test_bad_inputs_get_clear_errors(tmp_path):
     mixed = [solid_frames([0])[0], solid_frames([1], size=(16, 16))[0]]
     with pytest.raises(VideoIOError, match="frame 1 is 16x16 but frame 0 is 48x32"):
         write_video(tmp_path / "mixed.mp4", mixed)
+    folder = tmp_path / "mixed_folder"
+    folder.mkdir()
+    for name, frame in zip(["1.png", "2.png", "10.png"], [mixed[0], mixed[0], mixed[1]], strict=True):
+        Image.fromarray(frame).save(folder / name)
+    with pytest.raises(VideoIOError, match="10.png is 16x16 but 1.png is 48x32"):
+        read_video(folder)
     with pytest.raises(VideoIOError, match="fps"):
         write_video(tmp_path / "fps.mp4", solid_frames([0]), fps=0)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.mp4", "junk.gif", "junk.mp4", "no_frames"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "empty.mp4", "junk.gif", "junk.mp4", "mixed_folder", "no_frames"
+    ]  # fmt: skip
 
 
 @pytest.mark.parametrize("name", ["out.mp4", "out.gif", "out"])

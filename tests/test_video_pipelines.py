@@ -156,6 +156,14 @@ def test_bad_inputs_fail_before_model_work(video_pipe, tiny_sd, style, tmp_path)
             run(video_pipe, moving_video(2), style, window_overlap="half")
         with pytest.raises(VideoIOError, match="does not exist"):
             run(video_pipe, moving_video(2), style, output_path=tmp_path / "nowhere" / "out.mp4")
+        with pytest.raises(ValueError, match="window_size: expected None or an integer >= 1, got 4.5"):
+            run(video_pipe, moving_video(2), style, window_size=4.5)
+        with pytest.raises(ValueError, match="window_overlap: expected an integer >= 0, got 1.5"):
+            run(video_pipe, moving_video(2), style, window_size=4, window_overlap=1.5)
+        source = write_video(tmp_path / "source.gif", moving_video(2), fps=4)
+        with pytest.raises(ValueError, match="is the input video"):
+            run(video_pipe, source, style, output_path=tmp_path / "." / "source.gif")
+        assert len(read_video(source)) == 2
     finally:
         handle.remove()
     assert calls == []
