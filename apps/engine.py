@@ -558,20 +558,17 @@ def _required(value: Any, argument: str) -> Any:
 
 
 def _mask_array(mask: Any, argument: str) -> np.ndarray:
-    """A mask image/array as a (H, W) float array in [0, 1]; raises ``InputError`` if unreadable or empty."""
-    from stylekit.images import InputImageError, load_image
+    """A mask file/image/array as a (H, W) float {0, 1} array, read by the library's rules
+    (``stylekit.regions.mask_array``: alpha when the image has transparency, else luminance >= 50 %);
+    raises ``InputError`` if unreadable or empty."""
+    from stylekit.regions import mask_array
 
-    if isinstance(mask, np.ndarray) and mask.ndim == 2:
-        array = mask.astype(np.float32)
-        if array.max(initial=0.0) > 1.0:
-            array = array / 255.0
-    else:
-        try:
-            array = np.asarray(load_image(mask, argument).convert("L"), dtype=np.float32) / 255.0
-        except InputImageError as error:
-            raise InputError(str(error)) from None
-    if not (array >= 0.5).any():
+    try:
+        values = mask_array(mask, argument=argument)
+    except (ValueError, TypeError, OSError) as error:
+        raise InputError(str(error)) from None
+    if not values.any():
         raise InputError(
-            f"{argument}: the mask is empty; expected white (>= 50%) pixels where the style applies"
+            f"{argument}: the mask is empty; expected white (>= 50%) or opaque pixels where the style applies"
         )
-    return array
+    return values.astype(np.float32)

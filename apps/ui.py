@@ -251,7 +251,9 @@ def build_demo(
                 with gr.Row():
                     for index in range(1, 4):
                         with gr.Column():
-                            mask = checked_image(label=f"Mask {index}", image_mode="L")
+                            # image_mode=None: the file as uploaded, so a mask's alpha channel reaches
+                            # the library's mask rules (Gradio's "L" conversion flattens transparency)
+                            mask = checked_image(label=f"Mask {index}", image_mode=None)
                             region_style = checked_image(label=f"Style {index}")
                             region_inputs += [mask, region_style]
                 feather = gr.Slider(0, 16, value=2, step=1, label="Feather (pixels, inward)")

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from stylekit.conditioning import ConditionerBase, ImageLike, StyleCondition
 from stylekit.images import fit_to_size
@@ -146,8 +146,11 @@ def mask_array(mask: MaskSource, threshold: float = MASK_THRESHOLD, argument: st
     if isinstance(mask, (str, Path)):
         if not Path(mask).is_file():
             raise FileNotFoundError(f"{argument}: no such mask file: {mask}")
-        with Image.open(mask) as opened:
-            values = _image_values(opened)
+        try:
+            with Image.open(mask) as opened:
+                values = _image_values(opened)
+        except (UnidentifiedImageError, OSError, SyntaxError) as error:
+            raise ValueError(f"{argument}: not a readable mask image: {mask} ({error})") from None
     elif isinstance(mask, Image.Image):
         values = _image_values(mask)
     elif isinstance(mask, (np.ndarray, torch.Tensor, list, tuple)):

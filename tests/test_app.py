@@ -63,6 +63,8 @@ def files(tmp_path_factory) -> dict[str, Path]:
     Image.fromarray(255 - left).save(out["right"])
     Image.fromarray(np.full((64, 64), 255, np.uint8)).save(out["white"])
     Image.fromarray(np.zeros((64, 64), np.uint8)).save(out["black"])
+    out["alpha_left"] = folder / "alpha_left.png"  # white everywhere, opaque on the left half only
+    Image.fromarray(np.dstack([np.full((64, 64, 3), 255, np.uint8), left])).save(out["alpha_left"])
     return out
 
 
@@ -181,6 +183,16 @@ def test_regions_full_mask_is_plain_transfer_and_each_region_gets_its_style(hand
     )
     half = SIZE // 2
     assert np.abs(pixels(merged[2][0])[:, : half - 2] - pixels(plain)[:, : half - 2]).max() <= 1
+    # a transparent mask reads by its alpha, as in the library (it was flattened to all white)
+    left = handlers.regions(
+        content, str(files["left"]), style, None, None, None, None, 0, 0, *region_settings
+    )
+    alpha = handlers.regions(
+        content, str(files["alpha_left"]), style, None, None, None, None, 0, 0, *region_settings
+    )
+    np.testing.assert_array_equal(pixels(alpha[2][0]), pixels(left[2][0]))
+    with pytest.raises(gr.Error, match=r"regions\[0\].mask: not a readable mask image"):
+        handlers.regions(content, str(files["text"]), style, None, None, None, None, 0, 0, *region_settings)
 
 
 def test_similarity_and_nearest_styles(handlers, files, tmp_path: Path) -> None:
