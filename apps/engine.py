@@ -11,6 +11,7 @@ import contextlib
 import io
 import json
 import math
+import re
 import threading
 import time
 import uuid
@@ -510,11 +511,12 @@ class Engine:
             raise InputError("style: expected a style image, got none")
         if not _whole(steps) or not 1 <= int(steps) <= self.max_steps:
             raise InputError(f"steps: expected an integer in [1, {self.max_steps}], got {steps!r}")
+        pipe, lock = self.models.get(model or self.default_model)  # the model every tab shares
         folder = self.output_dir / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
         folder.mkdir(parents=True)
         output = folder / "video.mp4"
         window = int(window)
-        argv = [str(clip), "--style", str(style), "-o", str(output), "--model", model or self.default_model]
+        argv = [str(clip), "--style", str(style), "-o", str(output), "--device", str(pipe.device)]
         argv += [
             "--steps",
             str(int(steps)),
@@ -525,15 +527,15 @@ class Engine:
         ]
         argv += ["--max-frames", str(int(frames)), "--quiet"]
         stderr = io.StringIO()
-        with contextlib.redirect_stderr(stderr):
+        with contextlib.redirect_stderr(stderr), lock:
             try:
-                code = int(video_cli.main(argv) or 0)
+                code = int(video_cli.main(argv, base_pipeline=pipe) or 0)
             except SystemExit as exit_:
                 code = exit_.code if isinstance(exit_.code, int) else 1
         if code != 0:
             lines = [line for line in stderr.getvalue().splitlines() if line.strip()]
             message = (
-                lines[-1].removeprefix("stylekit: error: ") if lines else f"stylekit video exited with {code}"
+                re.sub(r"^stylekit( video)?: error: ", "", lines[-1]) if lines else f"exit status {code}"
             )
             raise (InputError if code == 2 else RuntimeError)(message)
         return output

@@ -138,9 +138,10 @@ def resolve_device(requested: str | None) -> str:
     return requested
 
 
-def load_components(args: argparse.Namespace, device: str) -> tuple[Any, Any]:
+def load_components(args: argparse.Namespace, device: str, base_pipeline: Any = None) -> tuple[Any, Any]:
     """(the motion adapter or None, the pipeline); a name that cannot be loaded is a ValueError (the model's:
-    ``stylekit.cli.load_model``'s ``InputError``)."""
+    ``stylekit.cli.load_model``'s ``InputError``). ``base_pipeline``: a loaded pipeline whose components are
+    used instead of loading ``--model``."""
     import torch
 
     from stylekit.pipelines import VideoStyleTransferPipeline
@@ -162,14 +163,18 @@ def load_components(args: argparse.Namespace, device: str) -> tuple[Any, Any]:
                 f"--motion-adapter: cannot load {args.motion_adapter!r}; expected a diffusers MotionAdapter "
                 f"folder ({' '.join(str(error).split())[:300]})"
             ) from None
+    if base_pipeline is not None:
+        return adapter, VideoStyleTransferPipeline.from_pipe(base_pipeline)
     dtype = torch.float16 if device.startswith("cuda") else None
     return adapter, VideoStyleTransferPipeline.from_pipe(load_model(args.model, device, dtype))
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, base_pipeline: Any = None) -> int:
     """Run ``stylekit video``; returns the exit status (2 for bad input, with the reason on stderr).
 
-    The arguments, paths, input video, style image and masks are all checked before the model loads."""
+    The arguments, paths, input video, style image and masks are all checked before the model loads.
+    ``base_pipeline`` (for the app): an already loaded pipeline to restyle with, on its own device and dtype,
+    instead of loading ``--model`` (``--device`` must then name its device)."""
     args = build_parser().parse_args(argv)
     import torch
     from PIL import UnidentifiedImageError
@@ -211,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 video_regions([style], len(video), len(video), video.size)
-        adapter, pipe = load_components(args, device)
+        adapter, pipe = load_components(args, device, base_pipeline)
         pipe.set_progress_bar_config(disable=args.quiet)
         height = width = None
         if args.size is not None:

@@ -272,8 +272,15 @@ def test_video_tab_restyles_a_clip(tiny_handlers, files, tmp_path: Path) -> None
     output = Path(tiny_handlers.video(str(clip), str(files["style"]), 3, 4, "tiny-sd", 2))
     assert output.suffix == ".mp4" and output.stat().st_size > 0
     assert output.is_relative_to(tiny_handlers.engine.output_dir)
+    models = tiny_handlers.engine.models
+    loads = models.loads
+    tiny_handlers.video(str(clip), str(files["style"]), 2, 4, "tiny-sd", 2)
+    assert models.loads == loads and "tiny-sd" in models.loaded()  # the tabs' shared model, not a new load
     with pytest.raises(gr.Error, match="clip: expected a video file"):
         tiny_handlers.video(None, str(files["style"]), 3, 4, "tiny-sd", 2)
+    with pytest.raises(gr.Error, match="--style: not an image file") as refused:
+        tiny_handlers.video(str(clip), str(files["text"]), 3, 4, "tiny-sd", 2)
+    assert "stylekit video" not in str(refused.value)  # the command's prefix is not the app's
 
 
 @pytest.mark.skipif(not available("lora"), reason="LoRA styles (stylekit.lora_style) not installed")
