@@ -8,6 +8,7 @@ message, so the page shows it and the server keeps serving.
 from __future__ import annotations
 
 import logging
+import math
 import traceback
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -83,10 +84,10 @@ class Handlers:
                 model=model,
                 gamma=gamma,
                 temperature=temperature,
-                steps=_int(steps),
-                seed=_int(seed),
+                steps=_int(steps, "steps"),
+                seed=_int(seed, "seed"),
                 layers=layers or None,
-                size=_int(size) or None,
+                size=_int(size, "size") or None,
             )
             styles = [style, *_file_paths(more_styles)]
             progress(0, desc="loading model")
@@ -118,14 +119,14 @@ class Handlers:
                 model=model,
                 gamma=gamma,
                 temperature=temperature,
-                steps=_int(steps),
+                steps=_int(steps, "steps"),
                 layers=layers or None,
-                size=_int(size) or None,
+                size=_int(size, "size") or None,
             )
             pairs = [(mask_1, style_1), (mask_2, style_2), (mask_3, style_3)]
             progress(0, desc="loading model")
             result = self.engine.regions(
-                content, pairs, request, feather=_int(feather), context=float(context)
+                content, pairs, request, feather=_int(feather, "feather"), context=float(context)
             )
             return self._outputs(result, ["regions"], request.model)
 
@@ -181,7 +182,7 @@ class Handlers:
     def nearest(self, query: str | None, folder: str, k: float) -> tuple[list[tuple[str, str]], str]:
         """Style search tab: the ``k`` nearest styles in ``folder`` as a gallery with scores."""
         with shown_in_page():
-            results = self.engine.nearest(query, folder, _int(k))
+            results = self.engine.nearest(query, folder, _int(k, "k"))
             gallery = [(str(path), f"{path.name} ({score:.3f})") for path, score in results]
             return gallery, f"{len(results)} nearest of {folder}"
 
@@ -191,14 +192,18 @@ class Handlers:
     ) -> str:
         """Video tab: the restyled clip (mp4) via ``stylekit video``."""
         with shown_in_page():
-            return str(self.engine.video(clip, style, _int(frames), _int(window), model, _int(steps)))
+            return str(
+                self.engine.video(
+                    clip, style, _int(frames, "frames"), _int(window, "window"), model, _int(steps, "steps")
+                )
+            )
 
     def lora(
         self, content: str | None, style: str | None, adapters: Any, weights: str, model: str, steps: float
     ) -> tuple[list[tuple[str, str]], str]:
         """LoRA tab: StyleID + the uploaded adapters at their weights; returns (gallery, status line)."""
         with shown_in_page():
-            request = self.engine.request(model=model, steps=_int(steps))
+            request = self.engine.request(model=model, steps=_int(steps, "steps"))
             result = self.engine.lora(content, style, _file_paths(adapters), _weights(weights), request)
             image = result.images[0]
             status = f"{image.width}x{image.height}, model `{request.model}`, {result.seconds:.1f} s"
@@ -216,13 +221,16 @@ def _weights(text: str | None) -> list[float]:
         ) from None
 
 
-def _int(value: Any) -> int:
-    """A whole number from a Number/Slider value (None -> 0); non-integers are refused."""
+def _int(value: Any, argument: str) -> int:
+    """A whole number from a Number/Slider value (None -> 0); non-integers, NaN and infinities are refused."""
     if value is None or value == "":
         return 0
-    number = float(value)
-    if number != int(number):
-        raise ValueError(f"expected a whole number, got {value!r}")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{argument}: expected a whole number, got {value!r}") from None
+    if not math.isfinite(number) or number != int(number):
+        raise ValueError(f"{argument}: expected a whole number, got {value!r}")
     return int(number)
 
 
