@@ -145,8 +145,14 @@ def lora_file(path: str | Path) -> Path:
 def read_lora(path: str | Path) -> dict[str, torch.Tensor]:
     """Diffusers-format LoRA tensors of a folder or file (kohya files are converted by diffusers)."""
     from diffusers import StableDiffusionPipeline
+    from safetensors import SafetensorError
 
-    out = StableDiffusionPipeline.lora_state_dict(str(lora_file(path)))
+    file = lora_file(path)
+    try:
+        out = StableDiffusionPipeline.lora_state_dict(str(file))
+    except (OSError, RuntimeError, SafetensorError) as error:
+        reason = " ".join(str(error).split())[:200]
+        raise ValueError(f"LoRA: cannot read {file} as a LoRA (a .safetensors file): {reason}") from None
     return out[0] if isinstance(out, tuple) else out
 
 

@@ -266,6 +266,17 @@ def _content_latent(
     return latents[int(index[0])] if len(index) else None
 
 
+def check_mask_aspect(mask_shape: Sequence[int], width: int, height: int, argument: str) -> None:
+    """Refuse a (H, W, ...) mask whose aspect ratio differs from a ``width`` x ``height`` content's by more than
+    ``ASPECT_TOLERANCE`` (it was drawn on another image; fitting would crop it)."""
+    mask_height, mask_width = int(mask_shape[0]), int(mask_shape[1])
+    if abs((mask_width / mask_height) / (width / height) - 1) > ASPECT_TOLERANCE:
+        raise ValueError(
+            f"{argument}: a {mask_width}x{mask_height} mask does not fit a {width}x{height} content image "
+            "(different aspect ratio); draw it on the content"
+        )
+
+
 class RegionMask(ConditionerBase):
     """Confine the other conditioners' effect to ``mask`` (1 = styled, 0 = content kept).
 
@@ -287,6 +298,13 @@ class RegionMask(ConditionerBase):
             raise ValueError("RegionMask needs the content's inversion (use it with a StyleID pipeline)")
         start = injection.start_latents
         height, width = int(start.shape[-2]), int(start.shape[-1])
+        if not isinstance(self.mask_source, Polygon):
+            check_mask_aspect(
+                mask_array(self.mask_source, argument="RegionMask.mask").shape,
+                width,
+                height,
+                "RegionMask.mask",
+            )
         self._latent_mask = load_mask(self.mask_source, height, width, feather=self.feather).to(start.device)
         self._trajectories = [injection.content_trajectory(row.content) for row in injection.rows]
         timesteps = [int(t) for t in injection.sampling_timesteps.tolist()]
@@ -735,14 +753,8 @@ class RegionalStyle(ConditionerBase):
                 )
             pairs = zip(frames, sizes, strict=True) if len(frames) > 1 else ((frames[0], s) for s in sizes)
             for frame, (width, height) in pairs:
-                if isinstance(frame, Polygon):
-                    continue
-                mask_aspect, content_aspect = frame.shape[1] / frame.shape[0], width / height
-                if abs(mask_aspect / content_aspect - 1) > ASPECT_TOLERANCE:
-                    raise ValueError(
-                        f"style[{index}].mask: a {frame.shape[1]}x{frame.shape[0]} mask does not fit a "
-                        f"{width}x{height} content image (different aspect ratio); draw it on the content"
-                    )
+                if not isinstance(frame, Polygon):
+                    check_mask_aspect(frame.shape, width, height, f"style[{index}].mask")
 
     def pixel_masks(self, n_contents: int, height: int, width: int) -> torch.Tensor:
         """(styles, contents, height, width) float masks in [0, 1] at the output size (feathered)."""

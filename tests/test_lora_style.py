@@ -241,6 +241,10 @@ def test_lora_for_another_architecture_is_refused(tiny_sdxl, tiny_sd, images, ad
             num_inference_steps=2,
             conditioners=[LoRAStyle(style=bad)],
         )
+    corrupt = tmp_path / "corrupt.safetensors"
+    corrupt.write_text("not a safetensors file")
+    with pytest.raises(ValueError, match="cannot read .*corrupt.safetensors as a LoRA"):
+        LoRAStyle(style=corrupt).prepare(tiny_sd)
 
 
 def test_bad_arguments(adapters, tmp_path):
