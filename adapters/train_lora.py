@@ -161,6 +161,11 @@ class TrainLoRAConfig:
     checkpointing_steps: int = _help("save a resumable checkpoint every N steps (0 = never)", default=500)
     checkpoints_total_limit: int | None = _help("keep at most this many checkpoints", default=None)
     resume_from_checkpoint: str | None = _help("'latest' or a checkpoint folder", default=None)
+    overwrite_output_dir: bool = _help(
+        "start afresh in an --output_dir that holds this run's adapter folders or checkpoints (its checkpoints "
+        "are deleted first); without it such a run is refused",
+        default=False,
+    )
     validation_prompt: str | None = _help("prompt of the validation images", default=None)
     validation_steps: int = _help("validation images every N steps (and at the end)", default=100)
     num_validation_images: int = _help("validation images per round", default=2)
@@ -241,6 +246,44 @@ class TrainLoRAConfig:
             raise ValueError("--use_8bit_adam needs CUDA (bitsandbytes); drop the flag on CPU")
         if self.report_to not in ("none", "tensorboard", "wandb", "all"):
             raise ValueError(f"--report_to: expected tensorboard, wandb, all or none, got {self.report_to!r}")
+        if self.checkpoints_total_limit is not None and self.checkpoints_total_limit < 1:
+            raise ValueError(
+                f"--checkpoints_total_limit: expected an integer >= 1 (or leave it out for no limit), got "
+                f"{self.checkpoints_total_limit!r}"
+            )
+        self._check_method_flags()
+
+    def _check_method_flags(self) -> None:
+        """Refuse flags the chosen method would ignore."""
+        ignored = {
+            "blora": ("lora_blocks", "content_lora", "style_lora"),
+            "b4m": ("content_blocks", "style_blocks"),
+            "dreambooth": ("content_blocks", "style_blocks", "content_lora", "style_lora"),
+        }[self.method]
+        for name in ignored:
+            if getattr(self, name):
+                raise ValueError(f"--{name}: not used by --method {self.method}; drop it")
+        if self.method != "dreambooth" and self.adapter_role != "style":
+            raise ValueError(
+                "--adapter_role: only --method dreambooth names its adapter so (blora writes content and "
+                "style, b4m takes --b4m_role); drop it"
+            )
+        if self.method == "b4m" and self.b4m_stage == "break" and (self.content_lora or self.style_lora):
+            raise ValueError(
+                "--content_lora / --style_lora: only the make stage (--b4m_stage make) reads them"
+            )
+        if not self.with_prior_preservation and (self.class_data_dir or self.class_prompt):
+            raise ValueError(
+                "--class_data_dir / --class_prompt: used only with --with_prior_preservation; add it or drop them"
+            )
+
+    def adapter_roles(self) -> tuple[str, ...]:
+        """The adapter folders this run writes under ``output_dir``."""
+        if self.method == "blora":
+            return ("content", "style")
+        if self.method == "b4m":
+            return ("fused",) if self.b4m_stage == "make" else (self.b4m_role,)
+        return (self.adapter_role,)
 
     @property
     def alpha(self) -> float:
@@ -290,11 +333,51 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         raise ValueError(f"--config: expected a .toml, .yaml or .yml file, got {path}")
     if not isinstance(data, dict):
         raise ValueError(f"--config: {path} must hold a table/mapping of options")
-    known = {f.name for f in fields(TrainLoRAConfig)}
-    unknown = sorted(set(data) - known)
+    known = {f.name: str(f.type) for f in fields(TrainLoRAConfig)}
+    unknown = sorted(set(data) - set(known))
     if unknown:
         raise ValueError(f"--config: unknown option(s) {unknown} in {path}")
-    return data
+    return {key: _config_value(key, value, known[key], path) for key, value in data.items()}
+
+
+def _config_value(key: str, value: Any, kind: str, path: Path) -> Any:
+    """A config-file value as its flag's type: numbers written as strings (YAML reads ``1e-3`` as one) are
+    converted like the flag would be; anything else of the wrong type is refused, naming the key."""
+    base = kind.split("|")[0].strip()
+    optional = "None" in kind
+
+    def wrong(expected: str) -> ValueError:
+        return ValueError(f"--config: {key} in {path}: expected {expected}, got {value!r}")
+
+    if value is None:
+        if optional:
+            return None
+        raise wrong(base)
+    if base == "bool":
+        if not isinstance(value, bool):
+            raise wrong("true or false")
+        return value
+    if base in ("int", "float"):
+        if isinstance(value, bool):
+            raise wrong(f"a number ({base})")
+        try:
+            number = float(value) if base == "float" else value
+            if base == "int" and isinstance(value, str):
+                number = int(value)
+        except (TypeError, ValueError):
+            raise wrong(f"a number ({base})") from None
+        if base == "int" and (isinstance(number, float) or not isinstance(number, int)):
+            raise wrong("an integer")
+        return number
+    if base.startswith("list"):
+        if isinstance(value, str):
+            return [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise wrong("a list of strings")
+        return value
+    if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+        raise wrong("a string")
+    return str(value)
 
 
 def parse_config(argv: Sequence[str] | None = None) -> TrainLoRAConfig:
@@ -410,24 +493,114 @@ def list_checkpoints(output_dir: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def resolve_resume(config: TrainLoRAConfig) -> Path | None:
-    """The checkpoint to resume from (None: start fresh; 'latest' with none found also starts fresh)."""
-    which = config.resume_from_checkpoint
-    if not which:
-        return None
+RESUME_MAY_CHANGE = frozenset(
+    {
+        "output_dir",
+        "max_train_steps",
+        "checkpointing_steps",
+        "checkpoints_total_limit",
+        "resume_from_checkpoint",
+        "overwrite_output_dir",
+        "validation_prompt",
+        "validation_steps",
+        "num_validation_images",
+        "validation_inference_steps",
+        "report_to",
+        "logging_dir",
+        "output_kohya_format",
+        "num_threads",
+        "gradient_checkpointing",
+        "config",
+    }
+)
+"""Flags a resumed run may change; every other flag shapes the training and must match the checkpoint's."""
+
+
+def check_make_inputs(config: TrainLoRAConfig) -> None:
+    """B4M make: both break adapters exist, were written by b4m break runs, and have this run's ``--rank``."""
+    from stylekit.lora import lora_file, read_info
+
+    for flag, role in (("content_lora", "content"), ("style_lora", "style")):
+        path = getattr(config, flag)
+        try:
+            lora_file(path)
+        except (FileNotFoundError, ValueError) as error:
+            raise ValueError(f"--{flag}: {error}") from None
+        info = read_info(path)
+        if info.get("method", "b4m") != "b4m" or info.get("role", role) != role:
+            raise ValueError(
+                f"--{flag}: {path} is a {info.get('method')} {info.get('role')} adapter; expected the b4m "
+                f"{role} break run's"
+            )
+        if info.get("rank", config.rank) != config.rank:
+            raise ValueError(
+                f"--{flag}: {path} has rank {info['rank']}, this run --rank {config.rank}; use the break runs' "
+                "--rank"
+            )
+
+
+def run_identity(config: TrainLoRAConfig) -> dict[str, Any]:
+    """The flags a checkpoint records and a resumed run must repeat (JSON values)."""
+    return {k: v for k, v in asdict(config).items() if k not in RESUME_MAY_CHANGE}
+
+
+def check_output_dir(config: TrainLoRAConfig) -> None:
+    """Refuse a fresh run into an ``output_dir`` whose checkpoints it would replace or delete, or whose adapter
+    folders for this run exist already (unless ``--overwrite_output_dir``)."""
     out = Path(config.output_dir)
+    if config.overwrite_output_dir:
+        return
+    found = list_checkpoints(out)
+    if found:
+        raise ValueError(
+            f"--output_dir: {out} holds checkpoints of an earlier run ({found[-1].name}); resume it with "
+            "--resume_from_checkpoint latest and its flags, use another --output_dir, or pass "
+            "--overwrite_output_dir to delete them and start again"
+        )
+    existing = [role for role in config.adapter_roles() if (out / role).exists()]
+    if existing:
+        raise ValueError(
+            f"--output_dir: {out / existing[0]} exists (an earlier run's adapter); use another --output_dir or "
+            "pass --overwrite_output_dir to replace it"
+        )
+
+
+def resolve_resume(config: TrainLoRAConfig) -> Path | None:
+    """The checkpoint to resume from (None: start fresh, after :func:`check_output_dir`; 'latest' with none
+    found also starts fresh). A checkpoint written with other training flags is refused."""
+    which = config.resume_from_checkpoint
+    out = Path(config.output_dir)
+    if not which or (which == "latest" and not list_checkpoints(out)):
+        check_output_dir(config)
+        if which and os.environ.get("LOCAL_RANK", "0") == "0":
+            print(
+                f"--resume_from_checkpoint latest: no checkpoint in {out}; starting at step 0",
+                file=sys.stderr,
+            )
+        return None
     if which == "latest":
-        found = list_checkpoints(out)
-        if not found:
-            return None
-        path = found[-1]
+        path = list_checkpoints(out)[-1]
     else:
         path = Path(which) if Path(which).exists() else out / which
         if not (path / "training_state.json").is_file():
             raise ValueError(
                 f"--resume_from_checkpoint: {which!r} is not a checkpoint folder (no training_state.json)"
             )
-    step = int(json.loads((path / "training_state.json").read_text())["global_step"])
+    state = json.loads((path / "training_state.json").read_text())
+    step = int(state["global_step"])
+    recorded, current = state.get("run", {}), run_identity(config)
+    first = ("method", "b4m_stage", "b4m_role", "adapter_role", "pretrained_model_name_or_path")
+    ordered = sorted(
+        recorded.items(), key=lambda item: first.index(item[0]) if item[0] in first else len(first)
+    )
+    for key, value in ordered:  # checkpoints from before this record have none; the run's kind first
+        if key in current and current[key] != value:
+            raise ValueError(
+                f"--resume_from_checkpoint: {path.name} was written with --{key} {value!r}, this run has "
+                f"{current[key]!r}; resume with the flags it was started with (only "
+                f"{', '.join(sorted(RESUME_MAY_CHANGE - {'config', 'output_dir', 'resume_from_checkpoint'}))} "
+                "may change), or start a new --output_dir"
+            )
     if step > config.max_train_steps:
         raise ValueError(
             f"--resume_from_checkpoint: {path.name} is at step {step}, past --max_train_steps "
@@ -528,6 +701,12 @@ def attach_lora(
                     "--content_lora/--style_lora: the adapters do not cover this run's blocks "
                     "(use the same --lora_blocks and --rank as the break runs)"
                 )
+            for name, value in loaded.items():
+                if value.shape != params[name].shape:
+                    raise ValueError(
+                        f"--content_lora/--style_lora: {name} is {tuple(value.shape)} there, "
+                        f"{tuple(params[name].shape)} here; use the break runs' --rank"
+                    )
             with torch.no_grad():
                 for name, value in loaded.items():
                     params[name].copy_(value)
@@ -572,6 +751,8 @@ def run(config: TrainLoRAConfig) -> dict[str, Any]:
     # Bad input fails here, before any model is loaded.
     resolution_hint = config.resolution or 8
     load_sets(config, resolution_hint)
+    if config.method == "b4m" and config.b4m_stage == "make":
+        check_make_inputs(config)
     resume = resolve_resume(config)
     ensure_folder(out, "--output_dir")
 
@@ -581,6 +762,10 @@ def run(config: TrainLoRAConfig) -> dict[str, Any]:
         project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / config.logging_dir)),
     )
     logger = get_logger("stylekit.train_lora")
+    if resume is None and config.overwrite_output_dir and accelerator.is_main_process:
+        for old in list_checkpoints(out):  # an earlier run's: `latest` and the limit must not see them
+            shutil.rmtree(old)
+    accelerator.wait_for_everyone()
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(
         accelerator.mixed_precision, torch.float32
     )
@@ -781,7 +966,14 @@ def run(config: TrainLoRAConfig) -> dict[str, Any]:
             )
         if config.checkpointing_steps and global_step % config.checkpointing_steps == 0:
             if accelerator.is_main_process:
-                save_checkpoint(accelerator, out, global_step, history, config.checkpoints_total_limit)
+                save_checkpoint(
+                    accelerator,
+                    out,
+                    global_step,
+                    history,
+                    config.checkpoints_total_limit,
+                    run_identity(config),
+                )
             accelerator.wait_for_everyone()
         if config.validation_prompt and (
             global_step % config.validation_steps == 0 or global_step == config.max_train_steps
@@ -853,14 +1045,20 @@ class _null:
 
 
 def save_checkpoint(
-    accelerator: Any, out: Path, step: int, history: list[dict[str, float]], limit: int | None
+    accelerator: Any,
+    out: Path,
+    step: int,
+    history: list[dict[str, float]],
+    limit: int | None,
+    identity: dict[str, Any] | None = None,
 ) -> Path:
     """``accelerator.save_state`` into a temporary folder, then rename to ``checkpoint-N`` (never half-written);
-    keep the newest ``limit``."""
+    keep the newest ``limit``. ``identity``: the run's :func:`run_identity`, checked when resuming."""
     final = out / f"checkpoint-{step}"
     with atomic_path(final, folder=True) as temp:
         accelerator.save_state(str(temp))
-        write_json_atomic(temp / "training_state.json", {"global_step": step, "history": history})
+        state = {"global_step": step, "history": history, "run": identity or {}}
+        write_json_atomic(temp / "training_state.json", state)
     if limit:
         for old in list_checkpoints(out)[:-limit]:
             shutil.rmtree(old, ignore_errors=True)
@@ -875,12 +1073,16 @@ def validate(pipe: Any, config: TrainLoRAConfig, out: Path, step: int, accelerat
     was_training = pipe.unet.training
     pipe.unet.eval()
     generators = [torch.Generator().manual_seed(config.seed + i) for i in range(config.num_validation_images)]
-    images = pipe(
-        [config.validation_prompt] * config.num_validation_images,
-        generator=generators,
-        num_inference_steps=config.validation_inference_steps,
-        output_type="pil",
-    ).images
+    # under --mixed_precision the frozen UNet weights are fp16/bf16 while the pipeline (text encoder, VAE,
+    # latents) is fp32: autocast to the UNet's dtype, as the diffusers training scripts validate
+    dtype = pipe.unet.dtype
+    with torch.autocast(pipe.device.type, dtype=dtype, enabled=dtype != torch.float32):
+        images = pipe(
+            [config.validation_prompt] * config.num_validation_images,
+            generator=generators,
+            num_inference_steps=config.validation_inference_steps,
+            output_type="pil",
+        ).images
     pipe.unet.train(was_training)
     paths = []
     for i, image in enumerate(images):

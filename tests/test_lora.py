@@ -184,11 +184,59 @@ def test_resume_reproduces_uninterrupted_run_exactly(world_dirs, tmp_path):
         assert all(torch.equal(full[k], cut[k]) for k in full)
 
 
-def test_resume_with_another_rank_is_refused_clearly(world_dirs, tmp_path):
+def test_resume_with_other_flags_and_fresh_runs_into_a_used_folder_are_refused(world_dirs, tmp_path):
     common = dict(train_batch_size=2, checkpointing_steps=1, max_train_steps=1)
     run(tiny_config(tmp_path, world_dirs["style"], rank=2, **common))
-    with pytest.raises(ValueError, match=r"another --rank: .* is \(2, \d+\) there, \(4, \d+\) in this run"):
+    first = list_checkpoints(tmp_path)
+    with pytest.raises(ValueError, match=r"checkpoint-1 was written with --rank 2, this run has 4"):
         run(tiny_config(tmp_path, world_dirs["style"], rank=4, resume_from_checkpoint="latest", **common))
+    with pytest.raises(ValueError, match=r"--learning_rate 0.001, this run has 0.5"):
+        run(
+            tiny_config(
+                tmp_path,
+                world_dirs["style"],
+                rank=2,
+                learning_rate=0.5,
+                resume_from_checkpoint="latest",
+                **common,
+            )
+        )
+    # a fresh run would replace (and the limit delete) the earlier run's checkpoints: refused
+    with pytest.raises(ValueError, match="holds checkpoints of an earlier run .*--overwrite_output_dir"):
+        run(tiny_config(tmp_path, world_dirs["subject"], rank=2, seed=3, **common))
+    assert list_checkpoints(tmp_path) == first
+    # B4M break runs sharing a folder: the style run cannot resume the content run's checkpoint
+    b4m = dict(method="b4m", rank=2, lora_blocks=["up_blocks.3.attentions.0"], **common)
+    run(tiny_config(tmp_path / "b4m", world_dirs["subject"], b4m_role="content", **b4m))
+    with pytest.raises(ValueError, match="written with --b4m_role 'content', this run has 'style'"):
+        run(
+            tiny_config(
+                tmp_path / "b4m",
+                world_dirs["style"],
+                b4m_role="style",
+                resume_from_checkpoint="latest",
+                **b4m,
+            )
+        )
+    # without checkpoints, an existing adapter folder of this run is refused too
+    plain = tmp_path / "plain"
+    run(tiny_config(plain, world_dirs["style"], rank=2, max_train_steps=1))
+    with pytest.raises(ValueError, match="plain/content exists"):
+        run(tiny_config(plain, world_dirs["style"], rank=2, max_train_steps=1))
+    # --overwrite_output_dir starts again, deleting the old checkpoints first
+    run(
+        tiny_config(
+            tmp_path,
+            world_dirs["subject"],
+            rank=2,
+            seed=3,
+            overwrite_output_dir=True,
+            **{**common, "checkpointing_steps": 2, "max_train_steps": 2},
+        )
+    )
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-2"]
+    with pytest.raises(ValueError, match="--checkpoints_total_limit: expected an integer >= 1"):
+        tiny_config(tmp_path, world_dirs["style"], checkpoints_total_limit=-1)
 
 
 def test_checkpoint_is_never_half_written(tmp_path):
@@ -273,6 +321,21 @@ def test_config_file_and_flags(tmp_path, world_dirs):
     yaml.write_text("rnak: 4\n")
     with pytest.raises(ValueError, match="unknown option"):
         parse_config(["--config", str(yaml)])
+    # YAML reads 1e-3 as a string: converted like the flag; a lone folder for a list option is a list
+    yaml.write_text(
+        f"instance_data_dir: {world_dirs['style']}\ninstance_prompt: a [v]\noutput_dir: {tmp_path}\n"
+        f"learning_rate: 1e-3\naux_data_dir: {world_dirs['subject']}\naux_prompt: x\n"
+    )
+    config = parse_config(["--config", str(yaml)])
+    assert config.learning_rate == 1e-3 and config.aux_data_dir == [str(world_dirs["subject"])]
+    for line, message in (
+        ('resolution = "sixty"', "resolution in .*: expected a number"),
+        ('aspect_buckets = "no"', "aspect_buckets in .*: expected true or false"),
+        ("rank = 2.5", "rank in .*: expected an integer"),
+    ):
+        toml.write_text(f'instance_data_dir = "{world_dirs["style"]}"\ninstance_prompt = "a"\n{line}\n')
+        with pytest.raises(ValueError, match=message):
+            parse_config(["--config", str(toml), "--output_dir", str(tmp_path)])
 
 
 def test_mixed_modes_and_sizes_are_converted(tmp_path):
@@ -301,6 +364,14 @@ def test_mixed_modes_and_sizes_are_converted(tmp_path):
         ({"riemannian_reg": -0.1}, "--riemannian_reg"),
         ({"riemannian_reg": float("nan")}, "--riemannian_reg"),
         ({"resolution": 30}, "--resolution: expected a multiple of 8"),
+        (
+            {"method": "dreambooth", "content_blocks": ["up_blocks.3"]},
+            "--content_blocks: not used by --method dreambooth",
+        ),
+        ({"lora_blocks": ["up_blocks.3"]}, "--lora_blocks: not used by --method blora"),
+        ({"adapter_role": "content"}, "--adapter_role: only --method dreambooth"),
+        ({"class_data_dir": "x", "class_prompt": "y"}, "used only with --with_prior_preservation"),
+        ({"method": "b4m", "content_lora": "x"}, "only the make stage"),
     ],
 )
 def test_bad_config_is_refused(tmp_path, overrides, message):
@@ -469,3 +540,23 @@ def test_blocks_are_attention_blocks_or_resnets_and_patterns_expand():
     for bad in (["up_blocks.9.resnets.*"], ["up_blocks.1.resnets.7"], []):
         with pytest.raises(ValueError, match="attention block or ResNet|at least one"):
             check_blocks(unet, bad, "--content_blocks")
+
+
+def test_validation_images_under_mixed_precision(world_dirs, tmp_path):
+    """Validation runs the fp32 pipeline with the fp16 LoRA weights of a mixed-precision run (it crashed
+    with a dtype mismatch after the training steps)."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "fp16"
+    flags = ["--method", "blora", "--pretrained_model_name_or_path", "tiny-sd", "--rank", "2"]
+    flags += ["--instance_data_dir", str(world_dirs["style"]), "--instance_prompt", "a [v]"]
+    flags += ["--output_dir", str(out), "--max_train_steps", "1", "--checkpointing_steps", "0"]
+    flags += ["--mixed_precision", "fp16", "--validation_prompt", "a [v]", "--num_validation_images", "1"]
+    flags += ["--validation_inference_steps", "2"]
+    result = subprocess.run(
+        [sys.executable, "-m", "stylekit.adapters.train_lora", *flags], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert [p.name for p in (out / "validation").iterdir()] == ["step-000001-0.png"]
+    assert (out / "style" / LORA_WEIGHT_NAME).is_file()
