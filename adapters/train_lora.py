@@ -23,6 +23,7 @@ renamed) resume with ``--resume_from_checkpoint latest`` to exactly the weights 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import os
@@ -246,6 +247,11 @@ class TrainLoRAConfig:
             raise ValueError("--use_8bit_adam needs CUDA (bitsandbytes); drop the flag on CPU")
         if self.report_to not in ("none", "tensorboard", "wandb", "all"):
             raise ValueError(f"--report_to: expected tensorboard, wandb, all or none, got {self.report_to!r}")
+        for tracker in ("tensorboard", "wandb"):
+            if self.report_to in (tracker, "all") and importlib.util.find_spec(tracker) is None:
+                raise ValueError(
+                    f"--report_to {self.report_to}: {tracker} is not installed (pip install {tracker})"
+                )
         if self.checkpoints_total_limit is not None and self.checkpoints_total_limit < 1:
             raise ValueError(
                 f"--checkpoints_total_limit: expected an integer >= 1 (or leave it out for no limit), got "
@@ -733,6 +739,18 @@ def attach_lora(
     return groups, frozen_params
 
 
+def preflight(config: TrainLoRAConfig) -> Path | None:
+    """Every check that needs no model (``stylekit train-lora`` runs it before launching accelerate): the
+    image folders, the make stage's break adapters, the output folder and the resume point. Returns the
+    checkpoint to resume from (None: start fresh)."""
+    load_sets(config, config.resolution or 8)
+    if config.method == "b4m" and config.b4m_stage == "make":
+        check_make_inputs(config)
+    resume = resolve_resume(config)
+    ensure_folder(Path(config.output_dir), "--output_dir")
+    return resume
+
+
 def run(config: TrainLoRAConfig) -> dict[str, Any]:
     """Train; returns a summary (final loss history, adapter folders, steps/s)."""
     from accelerate import Accelerator
@@ -748,13 +766,7 @@ def run(config: TrainLoRAConfig) -> dict[str, Any]:
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
     out = Path(config.output_dir)
-    # Bad input fails here, before any model is loaded.
-    resolution_hint = config.resolution or 8
-    load_sets(config, resolution_hint)
-    if config.method == "b4m" and config.b4m_stage == "make":
-        check_make_inputs(config)
-    resume = resolve_resume(config)
-    ensure_folder(out, "--output_dir")
+    resume = preflight(config)  # bad input fails here, before any model is loaded
 
     accelerator = Accelerator(
         mixed_precision=config.mixed_precision,
@@ -1016,7 +1028,10 @@ def run(config: TrainLoRAConfig) -> dict[str, Any]:
             "adapters": written,
             "steps": global_step,
             "history": history,
-            "steps_per_second": (global_step - start_step - 1) / max(elapsed, 1e-9),
+            # timed after one warm-up step; None when the run had no steps left to time
+            "steps_per_second": (global_step - start_step - 1) / max(elapsed, 1e-9)
+            if global_step - start_step > 1
+            else None,
             "trainable_params": trainable_params,
             "frozen_params": frozen_params,
             "optimizer_state_numel": optimizer_state,
@@ -1106,6 +1121,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except SystemExit as exit_:  # argparse: --help (0) or a bad flag (2, its message already printed)
+        return exit_.code if isinstance(exit_.code, int) else 2
     try:
         summary = run(config)
     except ValueError as error:

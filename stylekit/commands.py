@@ -442,14 +442,16 @@ TRAINER_PARSERS = ("parse_args", "parse_config")
 
 def _check_trainer_args(module: Any, args: list[str]) -> None:
     """Run the trainer's own argument parser (``parse_args`` / ``parse_config``) on ``args`` in this
-    process; ``InputError`` with its message."""
+    process, then its ``preflight(config)`` if it has one; ``InputError`` with its message."""
     parse = next((getattr(module, n) for n in TRAINER_PARSERS if hasattr(module, n)), None)
     if parse is None:
         raise RuntimeError(f"{module.__name__} has none of {TRAINER_PARSERS} to check its arguments with")
     stderr = io.StringIO()
     try:
         with contextlib.redirect_stderr(stderr):
-            parse(args)
+            config = parse(args)
+        if "--help" not in args and hasattr(module, "preflight"):
+            module.preflight(config)  # the checks that need no model: data, output folder, resume point
     except SystemExit as exit_:
         if exit_.code not in (0, None):
             lines = [line for line in stderr.getvalue().splitlines() if line.strip()]

@@ -192,6 +192,8 @@ def test_train_lora_checks_trainer_arguments_and_shows_its_help(monkeypatch, tmp
         "unrecognized arguments: --bogus_flag": ["--bogus_flag", "3"],
         "--rank": ["--rank", "-1", *data],
         "--output_dir: required": ["--instance_data_dir", str(tmp_path), "--instance_prompt", "a [v]"],
+        # the trainer's model-free checks run before launching too (data folders, output folder, resume)
+        "--instance_data_dir": ["--instance_data_dir", str(tmp_path / "nope"), *data[2:]],
     }
     for message, argv in cases.items():
         code, _, err = run(["train-lora", "--dry-run", *argv])

@@ -17,6 +17,7 @@ from stylekit.adapters.lora_data import draw_batch, load_image_set
 from stylekit.adapters.train_lora import (
     TrainLoRAConfig,
     list_checkpoints,
+    main,
     parse_config,
     run,
     save_checkpoint,
@@ -235,6 +236,12 @@ def test_resume_with_other_flags_and_fresh_runs_into_a_used_folder_are_refused(w
         )
     )
     assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-2"]
+    # resuming a finished run writes its adapters again; no step is left to time
+    again = dict(common, checkpointing_steps=2, max_train_steps=2)
+    run(
+        tiny_config(tmp_path, world_dirs["subject"], rank=2, seed=3, resume_from_checkpoint="latest", **again)
+    )
+    assert json.loads((tmp_path / "train_summary.json").read_text())["steps_per_second"] is None
     with pytest.raises(ValueError, match="--checkpoints_total_limit: expected an integer >= 1"):
         tiny_config(tmp_path, world_dirs["style"], checkpoints_total_limit=-1)
 
@@ -560,3 +567,16 @@ def test_validation_images_under_mixed_precision(world_dirs, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert [p.name for p in (out / "validation").iterdir()] == ["step-000001-0.png"]
     assert (out / "style" / LORA_WEIGHT_NAME).is_file()
+
+
+def test_a_missing_tracker_and_an_unknown_flag_are_refused(tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a)
+    )
+    with pytest.raises(ValueError, match="--report_to wandb: wandb is not installed"):
+        tiny_config(tmp_path, tmp_path, report_to="wandb")
+    assert main(["--bogus_flag"]) == 2  # returned, as documented, not raised
+    assert "unrecognized arguments: --bogus_flag" in capsys.readouterr().err
