@@ -307,7 +307,8 @@ class Engine:
             image = pipe(
                 content_image=content_image, style=conditions, region_context=float(context), **kwargs
             ).images[0]
-        return self._result([image], content_image, size, request, ["regions"], started)
+        extra = {"feather": int(feather), "context": float(context), "regions": len(masks)}
+        return self._result([image], content_image, size, request, ["regions"], started, extra)
 
     def _pipeline(self, request: TransferRequest, layers: Any) -> tuple[Any, threading.Lock, tuple[int, int]]:
         from stylekit.cli import check_layers, output_size
@@ -335,7 +336,9 @@ class Engine:
         request: TransferRequest,
         names: list[str],
         started: float,
+        extra: dict[str, Any] | None = None,
     ) -> TransferResult:
+        """Write the images (PNG text: the request's settings, the size and ``extra``) and time the call."""
         from stylekit.images import fit_to_size
 
         folder = self.output_dir / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
@@ -344,7 +347,8 @@ class Engine:
         paths = []
         for image, name in zip(images, names, strict=True):
             path = folder / f"{name}.png"
-            write_png_atomic(image, path, png_text({**parameters, "height": size[0], "width": size[1]}))
+            settings = {**parameters, "height": size[0], "width": size[1], **(extra or {})}
+            write_png_atomic(image, path, png_text(settings))
             paths.append(path)
         return TransferResult(
             images, fit_to_size(content, size[1], size[0]), paths, time.perf_counter() - started
@@ -458,7 +462,8 @@ class Engine:
                 conditioners=[conditioner],
                 **self._call_kwargs(request, layers, size),
             )
-        return self._result(list(output.images), content_image, size, request, ["lora"], started)
+        extra = {"adapters": [path.name for path in adapters], "adapter_weights": [float(w) for w in weights]}
+        return self._result(list(output.images), content_image, size, request, ["lora"], started, extra)
 
     # ------------------------------------------------------------------------------------- SAM / video
     def mask_from_points(

@@ -167,17 +167,19 @@ class Handlers:
             return (mask.astype(np.uint8) * 255)[..., None].repeat(3, axis=-1)
 
     # ------------------------------------------------------------------------------------- search
-    def similarity(self, files: Any) -> tuple[list[list[Any]], str]:
-        """Style search tab: the extractor's pairwise similarity table (rows/columns = file names)."""
+    def similarity(self, files: Any) -> tuple[Any, str]:
+        """Style search tab: the extractor's pairwise similarity table (a DataFrame; rows and columns are
+        the file names)."""
+        import pandas as pd
+
         with shown_in_page():
             paths = _file_paths(files)
             matrix = self.engine.similarity(paths)
             names = [Path(p).name for p in paths]
-            rows = [
-                [name, *[round(float(v), 3) for v in row]] for name, row in zip(names, matrix, strict=True)
-            ]
+            table = pd.DataFrame(np.round(matrix.astype(float), 3), columns=names)
+            table.insert(0, "image", names)
             off = matrix[~np.eye(len(paths), dtype=bool)]
-            return rows, f"{len(paths)} images; off-diagonal similarity {off.min():.3f} .. {off.max():.3f}"
+            return table, f"{len(paths)} images; off-diagonal similarity {off.min():.3f} .. {off.max():.3f}"
 
     def nearest(self, query: str | None, folder: str, k: float) -> tuple[list[tuple[str, str]], str]:
         """Style search tab: the ``k`` nearest styles in ``folder`` as a gallery with scores."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -170,6 +171,8 @@ def test_regions_full_mask_is_plain_transfer_and_each_region_gets_its_style(hand
     )
     result = pixels(both[2][0])
     assert result.shape == (SIZE, SIZE, 3) and "1 image(s)" in both[3]
+    with Image.open(both[2][0]) as image:  # the regions' own settings are in the PNG too
+        assert (image.text["stylekit:feather"], image.text["stylekit:regions"]) == ("2", "2")
     assert np.abs(result - pixels(plain)).mean() > 0.5 and np.abs(result - pixels(plain2)).mean() > 0.5
     with pytest.raises(gr.Error, match=r"regions\[0\].mask: the mask is empty"):
         handlers.regions(content, str(files["black"]), style, None, None, None, None, 0, 0, *region_settings)
@@ -199,8 +202,9 @@ def test_regions_full_mask_is_plain_transfer_and_each_region_gets_its_style(hand
 
 def test_similarity_and_nearest_styles(handlers, files, tmp_path: Path) -> None:
     paths = [str(files["content"]), str(files["style"]), str(files["content"])]
-    rows, status = handlers.similarity(paths)
-    matrix = np.array([row[1:] for row in rows], dtype=float)
+    table, status = handlers.similarity(paths)
+    assert list(table.columns) == ["image", "content.png", "style.png", "content.png"]  # named columns
+    matrix = table.iloc[:, 1:].to_numpy(dtype=float)
     assert (
         matrix.shape == (3, 3)
         and np.allclose(matrix, matrix.T)
@@ -310,6 +314,9 @@ def test_lora_tab_composes_adapters_with_styleid(tiny_handlers, files, tmp_path:
     assert "64x64" in status
     assert np.abs(pixels(zero[0][0]) - pixels(plain)).max() <= 1  # weight 0 = no LoRA
     assert np.abs(pixels(gallery[0][0]) - pixels(plain)).max() > 0
+    with Image.open(gallery[0][0]) as image:
+        assert json.loads(image.text["stylekit:adapters"]) == [adapter.name]
+        assert json.loads(image.text["stylekit:adapter_weights"]) == [1.0]
     with pytest.raises(gr.Error, match="weights: expected numbers"):
         tiny_handlers.lora(content, style, [str(adapter)], "strong", "tiny-sd", 2)
     with pytest.raises(gr.Error, match="adapters: expected 1 to"):
