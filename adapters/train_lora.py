@@ -180,6 +180,11 @@ class TrainLoRAConfig:
     config: str | None = _help("TOML/YAML file with any of these options (flags override it)", default=None)
 
     def __post_init__(self) -> None:
+        if self.config is not None:  # parse_config reads the file and records its path afterwards
+            raise ValueError(
+                "config: TrainLoRAConfig does not read files; use parse_config(['--config', PATH, ...]) or "
+                "TrainLoRAConfig(**read_config_file(PATH), ...)"
+            )
         for name in ("output_dir", "instance_data_dir", "instance_prompt", "pretrained_model_name_or_path"):
             if not str(getattr(self, name) or "").strip():
                 raise ValueError(f"--{name}: required")
@@ -247,11 +252,16 @@ class TrainLoRAConfig:
             raise ValueError("--use_8bit_adam needs CUDA (bitsandbytes); drop the flag on CPU")
         if self.report_to not in ("none", "tensorboard", "wandb", "all"):
             raise ValueError(f"--report_to: expected tensorboard, wandb, all or none, got {self.report_to!r}")
-        for tracker in ("tensorboard", "wandb"):
-            if self.report_to in (tracker, "all") and importlib.util.find_spec(tracker) is None:
-                raise ValueError(
-                    f"--report_to {self.report_to}: {tracker} is not installed (pip install {tracker})"
-                )
+        installed = {  # what accelerate can log to ("all" = every installed one)
+            "tensorboard": any(importlib.util.find_spec(m) for m in ("tensorboard", "tensorboardX")),
+            "wandb": importlib.util.find_spec("wandb") is not None,
+        }
+        if self.report_to in installed and not installed[self.report_to]:
+            raise ValueError(
+                f"--report_to {self.report_to}: it is not installed (pip install {self.report_to})"
+            )
+        if self.report_to == "all" and not any(installed.values()):
+            raise ValueError("--report_to all: neither tensorboard nor wandb is installed")
         if self.checkpoints_total_limit is not None and self.checkpoints_total_limit < 1:
             raise ValueError(
                 f"--checkpoints_total_limit: expected an integer >= 1 (or leave it out for no limit), got "
@@ -375,14 +385,17 @@ def _config_value(key: str, value: Any, kind: str, path: Path) -> Any:
         if base == "int" and (isinstance(number, float) or not isinstance(number, int)):
             raise wrong("an integer")
         return number
+    if key == "mixed_precision" and value is False:
+        return "no"  # YAML 1.1 reads an unquoted no as false
     if base.startswith("list"):
-        if isinstance(value, str):
-            return [value]
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise wrong("a list of strings")
-        return value
-    if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-        raise wrong("a string")
+        items = [value] if isinstance(value, (str, int, float)) and not isinstance(value, bool) else value
+        if not isinstance(items, list) or any(
+            isinstance(v, bool) or not isinstance(v, (str, int, float)) for v in items
+        ):
+            raise wrong("a list of strings (quote yes/no/on/off: YAML reads them as booleans)")
+        return [str(v) for v in items]
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise wrong("a string (quote yes/no/on/off: YAML reads them as booleans)")
     return str(value)
 
 
@@ -392,8 +405,10 @@ def parse_config(argv: Sequence[str] | None = None) -> TrainLoRAConfig:
     values: dict[str, Any] = {}
     if args.get("config"):
         values.update(read_config_file(args["config"]))
-    values.update({k: v for k, v in args.items() if v is not None})
-    return TrainLoRAConfig(**values)
+    values.update({k: v for k, v in args.items() if v is not None and k != "config"})
+    config = TrainLoRAConfig(**values)
+    config.config = args.get("config")  # recorded (logs, hyperparameters), already read
+    return config
 
 
 # --------------------------------------------------------------------------------------------- training
@@ -516,9 +531,11 @@ RESUME_MAY_CHANGE = frozenset(
         "output_kohya_format",
         "num_threads",
         "gradient_checkpointing",
+        "mixed_precision",  # the LoRA weights and optimizer state stay fp32 either way
         "config",
     }
 )
+PATH_FLAGS = ("instance_data_dir", "class_data_dir", "aux_data_dir", "content_lora", "style_lora")
 """Flags a resumed run may change; every other flag shapes the training and must match the checkpoint's."""
 
 
@@ -546,8 +563,17 @@ def check_make_inputs(config: TrainLoRAConfig) -> None:
 
 
 def run_identity(config: TrainLoRAConfig) -> dict[str, Any]:
-    """The flags a checkpoint records and a resumed run must repeat (JSON values)."""
-    return {k: v for k, v in asdict(config).items() if k not in RESUME_MAY_CHANGE}
+    """The flags a checkpoint records and a resumed run must repeat (JSON values; folders as absolute paths,
+    so ``imgs``, ``imgs/`` and ``/abs/imgs`` are one folder)."""
+
+    def folder(value: str | None) -> str | None:
+        return str(Path(value).resolve()) if value else value
+
+    identity = {k: v for k, v in asdict(config).items() if k not in RESUME_MAY_CHANGE}
+    for key in PATH_FLAGS:
+        value = identity[key]
+        identity[key] = [folder(v) for v in value] if isinstance(value, list) else folder(value)
+    return identity
 
 
 def check_output_dir(config: TrainLoRAConfig) -> None:
@@ -578,11 +604,6 @@ def resolve_resume(config: TrainLoRAConfig) -> Path | None:
     out = Path(config.output_dir)
     if not which or (which == "latest" and not list_checkpoints(out)):
         check_output_dir(config)
-        if which and os.environ.get("LOCAL_RANK", "0") == "0":
-            print(
-                f"--resume_from_checkpoint latest: no checkpoint in {out}; starting at step 0",
-                file=sys.stderr,
-            )
         return None
     if which == "latest":
         path = list_checkpoints(out)[-1]
@@ -746,9 +767,7 @@ def preflight(config: TrainLoRAConfig) -> Path | None:
     load_sets(config, config.resolution or 8)
     if config.method == "b4m" and config.b4m_stage == "make":
         check_make_inputs(config)
-    resume = resolve_resume(config)
-    ensure_folder(Path(config.output_dir), "--output_dir")
-    return resume
+    return resolve_resume(config)
 
 
 def run(config: TrainLoRAConfig) -> dict[str, Any]:
@@ -767,6 +786,13 @@ def run(config: TrainLoRAConfig) -> dict[str, Any]:
         torch.set_num_threads(config.num_threads)
     out = Path(config.output_dir)
     resume = preflight(config)  # bad input fails here, before any model is loaded
+    ensure_folder(out, "--output_dir")
+    if (
+        resume is None
+        and config.resume_from_checkpoint == "latest"
+        and os.environ.get("LOCAL_RANK", "0") == "0"
+    ):
+        print(f"--resume_from_checkpoint latest: no checkpoint in {out}; starting at step 0", file=sys.stderr)
 
     accelerator = Accelerator(
         mixed_precision=config.mixed_precision,
@@ -1088,17 +1114,22 @@ def validate(pipe: Any, config: TrainLoRAConfig, out: Path, step: int, accelerat
     was_training = pipe.unet.training
     pipe.unet.eval()
     generators = [torch.Generator().manual_seed(config.seed + i) for i in range(config.num_validation_images)]
-    # under --mixed_precision the frozen UNet weights are fp16/bf16 while the pipeline (text encoder, VAE,
-    # latents) is fp32: autocast to the UNet's dtype, as the diffusers training scripts validate
+    # Under --mixed_precision the frozen UNet weights are fp16/bf16 while the text encoder, VAE and latents
+    # are fp32: sample under autocast to the UNet's dtype, then decode outside it with the fp32 VAE (an fp16
+    # SDXL VAE overflows).
     dtype = pipe.unet.dtype
     with torch.autocast(pipe.device.type, dtype=dtype, enabled=dtype != torch.float32):
-        images = pipe(
+        latents = pipe(
             [config.validation_prompt] * config.num_validation_images,
             generator=generators,
             num_inference_steps=config.validation_inference_steps,
-            output_type="pil",
+            output_type="latent",
         ).images
     pipe.unet.train(was_training)
+    vae = pipe.vae
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    pixels = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor + shift, return_dict=False)[0]
+    images = pipe.image_processor.postprocess(pixels, output_type="pil")
     paths = []
     for i, image in enumerate(images):
         path = folder / f"step-{step:06d}-{i}.png"

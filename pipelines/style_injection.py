@@ -288,6 +288,7 @@ class StyleInjectionMixin:
         try:
             call = {
                 "contents": content_pixels,
+                "content_sizes": [image.size for image in contents],  # (width, height) as given
                 "styles": style_pixels,
                 "rows": rows,
                 "num_inference_steps": num_inference_steps,

@@ -3,8 +3,9 @@
 Masks:
 
 - ``mask_array`` reads any mask source into a bool (H, W) array at its own size: a path or PIL image (the
-  alpha channel when the image has a non-opaque one, else its luminance), an array/tensor (bool; integers
-  scaled by their dtype's maximum, so uint8 255 and uint16 65535 are 1.0; floats taken as they are, [0, 1]
+  alpha channel when the image has a non-opaque one, else its luminance), an array/tensor (bool; uint8 and
+  uint16 scaled by their maximum, 255 and 65535; other integers, such as numpy's default int64, by the first
+  of 1, 255, 65535 that covers their values, so 0/1 and 0/255 masks both work; floats taken as they are, [0, 1]
   expected; H x W x C arrays use the mean of their first three channels). A pixel is in the region when
   its value is ``>= threshold`` (default ``MASK_THRESHOLD`` = 0.5 of the full range).
 - ``Polygon``: a region drawn as ``(x, y)`` vertices.
@@ -115,8 +116,12 @@ class MaskSpec:
 def _unit_range(array: np.ndarray) -> np.ndarray:
     if array.dtype == bool:
         return array.astype(np.float32)
-    if np.issubdtype(array.dtype, np.integer):
+    if array.dtype in (np.uint8, np.uint16):
         return array.astype(np.float32) / float(np.iinfo(array.dtype).max)
+    if np.issubdtype(array.dtype, np.integer):  # int64 etc.: a 0/1, 8-bit or 16-bit mask by its values
+        top = int(array.max(initial=0))
+        scale = next((s for s in (1, 255, 65535) if top <= s), top)
+        return array.astype(np.float32) / float(scale)
     return array.astype(np.float32)
 
 
@@ -298,13 +303,10 @@ class RegionMask(ConditionerBase):
             raise ValueError("RegionMask needs the content's inversion (use it with a StyleID pipeline)")
         start = injection.start_latents
         height, width = int(start.shape[-2]), int(start.shape[-1])
-        if not isinstance(self.mask_source, Polygon):
-            check_mask_aspect(
-                mask_array(self.mask_source, argument="RegionMask.mask").shape,
-                width,
-                height,
-                "RegionMask.mask",
-            )
+        if not isinstance(self.mask_source, Polygon):  # against the content images as given, not the output
+            shape = mask_array(self.mask_source, argument="RegionMask.mask").shape
+            for content_width, content_height in call.get("content_sizes", ()):
+                check_mask_aspect(shape, content_width, content_height, "RegionMask.mask")
         self._latent_mask = load_mask(self.mask_source, height, width, feather=self.feather).to(start.device)
         self._trajectories = [injection.content_trajectory(row.content) for row in injection.rows]
         timesteps = [int(t) for t in injection.sampling_timesteps.tolist()]
@@ -443,7 +445,8 @@ class RegionAdapters:
                     try:
                         check_lora_fits(pipe.unet, path)
                     except (FileNotFoundError, ValueError) as error:
-                        raise type(error)(f"style[{index}].lora: {error}") from error
+                        reason = str(error).removeprefix("LoRA: ")
+                        raise type(error)(f"style[{index}].lora: {reason}") from error
                     except Exception as error:
                         raise ValueError(
                             f"style[{index}].lora: cannot read {path} as a LoRA (.safetensors, diffusers or "

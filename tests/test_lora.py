@@ -191,6 +191,9 @@ def test_resume_with_other_flags_and_fresh_runs_into_a_used_folder_are_refused(w
     first = list_checkpoints(tmp_path)
     with pytest.raises(ValueError, match=r"checkpoint-1 was written with --rank 2, this run has 4"):
         run(tiny_config(tmp_path, world_dirs["style"], rank=4, resume_from_checkpoint="latest", **common))
+    # the same folder written another way, or another precision, is the same run
+    same = dict(common, mixed_precision="no")
+    run(tiny_config(tmp_path, f"{world_dirs['style']}/", rank=2, resume_from_checkpoint="latest", **same))
     with pytest.raises(ValueError, match=r"--learning_rate 0.001, this run has 0.5"):
         run(
             tiny_config(
@@ -323,6 +326,11 @@ def test_config_file_and_flags(tmp_path, world_dirs):
     )
     config = parse_config(["--config", str(toml), "--rank", "2", "--gradient_checkpointing"])
     assert (config.method, config.rank, config.gradient_checkpointing) == ("dreambooth", 2, True)
+    assert config.config == str(toml)
+    with pytest.raises(ValueError, match="does not read files; use parse_config"):  # it was ignored silently
+        TrainLoRAConfig(
+            config=str(toml), output_dir=str(tmp_path), instance_data_dir=".", instance_prompt="a"
+        )
     assert config.aux_data_dir == [str(world_dirs["subject"])]
     yaml = tmp_path / "run.yaml"
     yaml.write_text("rnak: 4\n")
@@ -331,10 +339,11 @@ def test_config_file_and_flags(tmp_path, world_dirs):
     # YAML reads 1e-3 as a string: converted like the flag; a lone folder for a list option is a list
     yaml.write_text(
         f"instance_data_dir: {world_dirs['style']}\ninstance_prompt: a [v]\noutput_dir: {tmp_path}\n"
-        f"learning_rate: 1e-3\naux_data_dir: {world_dirs['subject']}\naux_prompt: x\n"
+        f"learning_rate: 1e-3\naux_data_dir: {world_dirs['subject']}\naux_prompt: [2024]\nmixed_precision: no\n"
     )
     config = parse_config(["--config", str(yaml)])
     assert config.learning_rate == 1e-3 and config.aux_data_dir == [str(world_dirs["subject"])]
+    assert config.aux_prompt == ["2024"] and config.mixed_precision == "no"  # YAML's number and boolean
     for line, message in (
         ('resolution = "sixty"', "resolution in .*: expected a number"),
         ('aspect_buckets = "no"', "aspect_buckets in .*: expected true or false"),
@@ -576,7 +585,8 @@ def test_a_missing_tracker_and_an_unknown_flag_are_refused(tmp_path, monkeypatch
     monkeypatch.setattr(
         importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a)
     )
-    with pytest.raises(ValueError, match="--report_to wandb: wandb is not installed"):
+    with pytest.raises(ValueError, match="--report_to wandb: it is not installed"):
         tiny_config(tmp_path, tmp_path, report_to="wandb")
+    assert tiny_config(tmp_path, tmp_path, report_to="all").report_to == "all"  # every installed tracker
     assert main(["--bogus_flag"]) == 2  # returned, as documented, not raised
     assert "unrecognized arguments: --bogus_flag" in capsys.readouterr().err

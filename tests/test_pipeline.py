@@ -268,5 +268,7 @@ def test_composes_with_a_region_mask(tiny_sd, images):
     plain_latents = run(tiny_sd, images[0], images[1], output_type="latent").images
     torch.testing.assert_close(mixed[..., :4], latents[..., :4])  # outside: exactly the content
     assert (mixed[..., 4:] - latents[..., 4:]).abs().mean() > 0.3 * (plain_latents - latents).abs().mean()
-    with pytest.raises(ValueError, match="RegionMask.mask: a 64x32 mask does not fit a 8x8"):
+    with pytest.raises(ValueError, match="RegionMask.mask: a 64x32 mask does not fit a 64x64 content image"):
         run(tiny_sd, images[0], images[1], conditioners=[RegionMask(np.ones((32, 64)))])  # drawn elsewhere
+    wide = Image.fromarray(np.concatenate([images[0], images[0][:, :32]], axis=1))  # 96x64 content
+    run(tiny_sd, wide, images[1], conditioners=[RegionMask(np.ones((64, 96)))])  # its own mask fits

@@ -40,6 +40,8 @@ def test_mask_array_reads_every_mode(tmp_path):
         u8,
         u16,
         square.astype(np.float32),
+        square.astype(np.int64),  # numpy's default integers: 0/1 ...
+        square.astype(np.int64) * 255,  # ... and 0/255 (were read as empty: scaled by int64's maximum)
         torch.from_numpy(square),
         Image.fromarray(u8),
         Image.fromarray(u16),

@@ -249,7 +249,7 @@ def test_bad_input_is_refused_before_the_unet_runs(tiny_sd, loras, token_adapter
     calls = []
     handle = tiny_sd.unet.register_forward_pre_hook(lambda *a: calls.append(1))
     try:
-        with pytest.raises(ValueError, match=r"style\[1\]\.lora: .*cannot read"):
+        with pytest.raises(ValueError, match=r"style\[1\]\.lora: cannot read"):
             run(tiny_sd, content, [style, StyleCondition(lora=loras["garbage"], mask=left)])
         with pytest.raises(ValueError, match=r"style\[0\]\.lora: .*another architecture"):
             run(tiny_sd, content, StyleCondition(lora=loras["wide"], mask=left))
