@@ -13,6 +13,7 @@ import argparse
 import contextlib
 import io
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
@@ -401,7 +402,9 @@ def run_app(args: argparse.Namespace) -> int:
 def accelerate_command(
     module: str, args: Sequence[str], num_processes: int, cpu: bool, mixed_precision: str
 ) -> list[str]:
-    """``python -m accelerate.commands.launch ... -m MODULE ARGS`` as an argument list."""
+    """``python -m accelerate.commands.launch ... -m MODULE ARGS`` as an argument list. Several CPU processes
+    launch as ``--multi_gpu`` with ``ACCELERATE_USE_CPU=1`` in the environment (:func:`launch_environment`):
+    accelerate's ``--cpu`` runs one process whatever ``--num_processes`` says."""
     command = [
         sys.executable,
         "-m",
@@ -412,11 +415,16 @@ def accelerate_command(
         "no",
     ]
     command += ["--num_processes", str(num_processes), "--mixed_precision", mixed_precision]
-    if cpu:
+    if num_processes > 1:
+        command.append("--multi_gpu")  # gloo processes on the CPU under ACCELERATE_USE_CPU=1
+    elif cpu:
         command.append("--cpu")
-    if num_processes > 1 and not cpu:
-        command.append("--multi_gpu")
     return [*command, "-m", module, *args]
+
+
+def launch_environment(cpu: bool) -> dict[str, str]:
+    """The environment of a launch: ``ACCELERATE_USE_CPU=1`` added for ``--cpu``."""
+    return {**os.environ, "ACCELERATE_USE_CPU": "1"} if cpu else dict(os.environ)
 
 
 def _launcher_parser(prog: str, module: str) -> argparse.ArgumentParser:
@@ -481,9 +489,9 @@ def launch_trainer(prog: str, capability: str | None, module_name: str, argv: Se
         module_name, rest, options.num_processes, options.cpu, options.mixed_precision
     )
     if options.dry_run:
-        print(subprocess.list2cmdline(command))
+        print(("ACCELERATE_USE_CPU=1 " if options.cpu else "") + subprocess.list2cmdline(command))
         return 0
-    returncode = subprocess.run(command, check=False).returncode
+    returncode = subprocess.run(command, check=False, env=launch_environment(options.cpu)).returncode
     return 0 if returncode == 0 else 1
 
 

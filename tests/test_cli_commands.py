@@ -168,8 +168,12 @@ def test_similarity_matrix_and_nearest_from_embeddings(images: Path, tmp_path: P
 def test_train_extractor_builds_the_accelerate_command() -> None:
     code, out, _ = run(["train-extractor", "--dry-run", "--num-processes", "2", "--cpu", "--max_steps", "3"])
     assert code == 0
-    assert "-m accelerate.commands.launch" in out and "--num_processes 2" in out and "--cpu" in out
+    assert "-m accelerate.commands.launch" in out and "--num_processes 2" in out
+    # two CPU processes: --multi_gpu under ACCELERATE_USE_CPU=1 (accelerate's --cpu runs a single process)
+    assert out.startswith("ACCELERATE_USE_CPU=1 ") and "--multi_gpu" in out and "--cpu" not in out
     assert out.rstrip().endswith("-m stylekit.extractors.train --max_steps 3")
+    code, out, _ = run(["train-extractor", "--dry-run", "--cpu", "--max_steps", "3"])
+    assert "--cpu" in out and "--multi_gpu" not in out
 
 
 def test_train_extractor_checks_trainer_arguments_before_launching(monkeypatch) -> None:
@@ -214,6 +218,8 @@ def test_launcher_exit_code_follows_the_trainer(monkeypatch) -> None:
 def test_train_extractor_really_trains_under_accelerate(tmp_path: Path) -> None:
     argv = [
         "--cpu",
+        "--num-processes",
+        "2",
         "--max_steps",
         "2",
         "--n_styles",
@@ -233,6 +239,8 @@ def test_train_extractor_really_trains_under_accelerate(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert (tmp_path / "run" / "extractor" / "model.safetensors").is_file()
+    summary = json.loads((tmp_path / "run" / "train_summary.json").read_text())
+    assert summary["processes"] == 2  # --cpu --num-processes 2 ran one process before
 
 
 # ------------------------------------------------------------------------------------------- delegated
