@@ -114,6 +114,39 @@ def test_resume_from_latest_reproduces_uninterrupted_run(tmp_path):
     a = load_file(tmp_path / "full" / "extractor" / "model.safetensors")
     b = load_file(part / "extractor" / "model.safetensors")
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    # refused before any work: a fresh run over these checkpoints, a resume with other training options or
+    # past --max_steps (the limit deleted the new run's checkpoint; a changed --embed_dim failed in torch)
+    full = [*TINY, "--output_dir", str(tmp_path / "full")]
+    with pytest.raises(ValueError, match="holds checkpoints of an earlier run .*--overwrite_output_dir"):
+        train(parse_args(full))
+    with pytest.raises(ValueError, match="checkpoint-4 was written with --embed_dim 16, this run has 32"):
+        train(parse_args([*full, "--resume_from_checkpoint", "latest", "--embed_dim", "32"]))
+    with pytest.raises(ValueError, match="at step 4, past --max_steps 2"):
+        train(parse_args([*full, "--resume_from_checkpoint", "latest", "--max_steps", "2"]))
+    train(parse_args([*full, "--overwrite_output_dir", "true", "--max_steps", "2", "--seed", "1"]))
+    assert [p.name for p in sorted((tmp_path / "full").glob("checkpoint-*"))] == ["checkpoint-2"]
+
+
+def test_option_types_and_values_are_checked():
+    for options, message in (
+        ({"content_head": "false"}, "content_head: expected true or false"),  # was read as true
+        ({"max_steps": 1.5}, "max_steps: expected an integer"),
+        ({"widths": 16}, "widths: expected a list of integers"),
+        ({"temperature": float("nan")}, "temperature: expected a number > 0"),
+        ({"grad_clip": -1}, "grad_clip: expected a number >= 0"),
+        ({"checkpoints_total_limit": -1}, "checkpoints_total_limit: expected an integer >= 1"),
+        ({"n_styles": 514}, "n_styles: the train part of split 'style' has 513 styles"),  # hung before
+        (
+            {"supcon_weight": 0, "multilabel_weight": 0, "hard_negative_weight": 0, "token_weight": 0},
+            "loss weights",
+        ),
+    ):
+        with pytest.raises(ValueError, match=message):
+            TrainConfig(**options)
+    config = TrainConfig(
+        temperature="0.2", max_steps="3", widths="8,16", crop="none"
+    )  # a config file's strings
+    assert (config.temperature, config.max_steps, config.widths, config.crop) == (0.2, 3, (8, 16), None)
 
 
 @pytest.mark.skipif(

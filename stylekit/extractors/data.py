@@ -39,6 +39,16 @@ class GridBatch:
         return GridBatch(*(getattr(self, f)[start:stop] for f in self.__dataclass_fields__))
 
 
+def train_style_count(split: str | None) -> int:
+    """Composite styles in the train part of ``split`` (all of them for None or a split that also depends on
+    the content)."""
+    from stylekit.data.splits import get_split, held_out_styles
+
+    if split is None or not get_split(split).style_only:
+        return N_STYLES
+    return N_STYLES - len(held_out_styles(split))
+
+
 def grid_batch(
     seed: int,
     step: int,
@@ -62,9 +72,10 @@ def grid_batch(
     rng = np.random.default_rng([int(seed), int(step)])
     styles: list[StyleSpec] = []
     seen: set[int] = set()
+    available = train_style_count(split)
     while len(styles) < n_styles:
         (style,) = sample_styles(rng, 1, split=split, part="train") if split else sample_styles(rng, 1)
-        if style.index not in seen or len(seen) >= N_STYLES:
+        if style.index not in seen or len(seen) >= available:  # repeats only once every style is drawn
             seen.add(style.index)
             styles.append(style)
     contents = [sample_content(rng) for _ in range(n_contents)]

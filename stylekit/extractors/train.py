@@ -80,6 +80,7 @@ class TrainConfig:
     checkpointing_steps: int = 200
     checkpoints_total_limit: int | None = 2
     resume_from_checkpoint: str | None = None
+    overwrite_output_dir: bool = False
     log_every: int = 10
     report_to: str = "tensorboard"
     threads: int | None = None
@@ -87,8 +88,9 @@ class TrainConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.widths = tuple(int(w) for w in self.widths)
-        self.pooled_stages = tuple(int(s) for s in self.pooled_stages)
+        for f in fields(self):  # types first (config files): a clear message instead of a late TypeError
+            if f.name != "extra":
+                setattr(self, f.name, _typed(f.name, getattr(self, f.name)))
         for name in ("max_steps", "n_styles", "n_contents", "log_every", "checkpointing_steps"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name}: expected a positive integer, got {getattr(self, name)}")
@@ -98,8 +100,34 @@ class TrainConfig:
             raise ValueError(f"crop: expected 8..render_size ({self.render_size}) or None, got {self.crop}")
         if self.report_to not in ("tensorboard", "none"):
             raise ValueError(f"report_to: expected 'tensorboard' or 'none', got {self.report_to!r}")
-        if self.temperature <= 0:
-            raise ValueError(f"temperature: expected > 0, got {self.temperature}")
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise ValueError(f"temperature: expected a number > 0, got {self.temperature}")
+        for name in ("learning_rate",):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
+                raise ValueError(f"{name}: expected a number > 0, got {getattr(self, name)}")
+        weights = (
+            "supcon_weight",
+            "multilabel_weight",
+            "hard_negative_weight",
+            "token_weight",
+            "content_weight",
+        )
+        for name in (*weights, "grad_clip", "weight_decay", "grl_gamma"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                raise ValueError(f"{name}: expected a number >= 0, got {getattr(self, name)}")
+        if not any(getattr(self, name) for name in weights[:4]):
+            raise ValueError(f"loss weights: at least one of {', '.join(weights[:4])} must be > 0")
+        if self.checkpoints_total_limit is not None and self.checkpoints_total_limit < 1:
+            raise ValueError(
+                f"checkpoints_total_limit: expected an integer >= 1 (or none), got {self.checkpoints_total_limit}"
+            )
+        from .data import train_style_count
+
+        available = train_style_count(self.split)
+        if self.n_styles > available:
+            raise ValueError(
+                f"n_styles: the train part of split {self.split!r} has {available} styles, got {self.n_styles}"
+            )
 
     def extractor_config(self) -> ExtractorConfig:
         """The architecture this run trains."""
@@ -113,6 +141,53 @@ class TrainConfig:
             head_hidden=self.head_hidden,
             content_head=self.content_head,
         )
+
+
+def _typed(name: str, value: Any) -> Any:
+    """``value`` as field ``name``'s type (numbers given as strings converted, a tuple from a list or a
+    "16,32" string); ``ValueError`` naming the field otherwise."""
+    inner, optional = _base_type(name)
+    if optional and isinstance(value, str) and value.strip().lower() in ("none", "null", ""):
+        value = None
+    if value is None:
+        if optional:
+            return None
+        raise ValueError(f"{name}: expected a value, got None")
+    wrong = ValueError(f"{name}: expected {getattr(inner, '__name__', inner)}, got {value!r}")
+    if typing.get_origin(inner) is tuple:
+        items = re.split(r"[,\s]+", value.strip()) if isinstance(value, str) else value
+        if isinstance(items, (int, float)) or not isinstance(items, (list, tuple)):
+            raise ValueError(f"{name}: expected a list of integers, got {value!r}")
+        return tuple(_typed_int(name, v) for v in items if v != "")
+    if typing.get_origin(inner) is dict or inner is Any:
+        return value
+    if inner is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"{name}: expected true or false, got {value!r}")
+        return value
+    if inner is int:
+        return _typed_int(name, value)
+    if inner is float:
+        if isinstance(value, bool):
+            raise wrong
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise wrong from None
+    if inner is str:
+        if not isinstance(value, str):
+            raise wrong
+        return value
+    return value
+
+
+def _typed_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        raise ValueError(f"{name}: expected an integer, got {value!r}")
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: expected an integer, got {value!r}") from None
 
 
 # --------------------------------------------------------------------------------------------- config IO
@@ -268,16 +343,64 @@ def _checkpoints(output_dir: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def resolve_checkpoint(output_dir: Path, resume: str | None) -> Path | None:
-    """``"latest"`` -> the newest complete ``checkpoint-N`` in ``output_dir`` (None if there is none)."""
-    if resume is None:
+RESUME_MAY_CHANGE = frozenset(
+    {
+        "output_dir",
+        "export_dir",
+        "max_steps",
+        "checkpointing_steps",
+        "checkpoints_total_limit",
+        "resume_from_checkpoint",
+        "overwrite_output_dir",
+        "log_every",
+        "report_to",
+        "threads",
+        "progress",
+    }
+)
+"""Options a resumed run may change; the others shape the training and must match the checkpoint's."""
+
+
+def run_identity(config: TrainConfig) -> dict[str, Any]:
+    """The options a checkpoint records and a resumed run must repeat (JSON values)."""
+    values = dataclasses.asdict(config)
+    return json.loads(json.dumps({k: v for k, v in values.items() if k not in RESUME_MAY_CHANGE}))
+
+
+def resolve_checkpoint(
+    output_dir: Path, resume: str | None, config: TrainConfig | None = None
+) -> Path | None:
+    """``"latest"`` -> the newest complete ``checkpoint-N`` in ``output_dir`` (None if there is none).
+
+    With ``config``: a fresh run is refused when ``output_dir`` holds checkpoints (unless
+    ``overwrite_output_dir``), and a checkpoint written with other training options or past ``max_steps``
+    is refused (``ValueError`` naming the option)."""
+    found = _checkpoints(output_dir)
+    if resume is None or (resume == "latest" and not found):
+        if config is not None and found and not config.overwrite_output_dir:
+            raise ValueError(
+                f"--output_dir: {output_dir} holds checkpoints of an earlier run ({found[-1][1].name}); resume "
+                "it with --resume_from_checkpoint latest, use another --output_dir, or pass "
+                "--overwrite_output_dir true to delete them and start again"
+            )
         return None
-    if resume == "latest":
-        found = _checkpoints(output_dir)
-        return found[-1][1] if found else None
-    path = Path(resume)
+    path = found[-1][1] if resume == "latest" else Path(resume)
     if not (path / "trainer_state.json").is_file():
         raise FileNotFoundError(f"--resume_from_checkpoint: {path} is not a complete checkpoint folder")
+    if config is not None:
+        state = json.loads((path / "trainer_state.json").read_text())
+        current = run_identity(config)
+        for key, value in state.get("run", {}).items():
+            if key in current and current[key] != value:
+                raise ValueError(
+                    f"--resume_from_checkpoint: {path.name} was written with --{key} {value!r}, this run has "
+                    f"{current[key]!r}; resume with the options it was started with, or start a new --output_dir"
+                )
+        if int(state["step"]) > config.max_steps:
+            raise ValueError(
+                f"--resume_from_checkpoint: {path.name} is at step {state['step']}, past --max_steps "
+                f"{config.max_steps}; raise --max_steps or start a new --output_dir"
+            )
     return path
 
 
@@ -306,6 +429,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
     if config.threads:
         torch.set_num_threads(int(config.threads))
     output_dir = Path(config.output_dir)
+    checkpoint = resolve_checkpoint(output_dir, config.resume_from_checkpoint, config)  # before any work
     log_with = None
     if config.report_to == "tensorboard":
         try:
@@ -342,7 +466,10 @@ def train(config: TrainConfig) -> dict[str, Any]:
         )
 
     start_step = 0
-    checkpoint = resolve_checkpoint(output_dir, config.resume_from_checkpoint)
+    if checkpoint is None and config.overwrite_output_dir and accelerator.is_main_process:
+        for _, old in _checkpoints(output_dir):  # an earlier run's: `latest` and the limit must not see them
+            shutil.rmtree(old)
+    accelerator.wait_for_everyone()
     if checkpoint is not None:
         accelerator.load_state(str(checkpoint))
         start_step = int(json.loads((checkpoint / "trainer_state.json").read_text())["step"])
@@ -401,7 +528,9 @@ def train(config: TrainConfig) -> dict[str, Any]:
                 with open(log_path, "a") as handle:
                     handle.write(json.dumps(last) + "\n")
         if done % config.checkpointing_steps == 0 or done == config.max_steps:
-            save_checkpoint(accelerator, output_dir, done, config.checkpoints_total_limit)
+            save_checkpoint(
+                accelerator, output_dir, done, config.checkpoints_total_limit, run_identity(config)
+            )
 
     seconds = time.time() - started
     accelerator.wait_for_everyone()
@@ -419,9 +548,16 @@ def train(config: TrainConfig) -> dict[str, Any]:
     return {"seconds": seconds, "export_dir": str(export), "num_processes": n_proc, **last}
 
 
-def save_checkpoint(accelerator: Any, output_dir: Path, step: int, total_limit: int | None) -> Path:
+def save_checkpoint(
+    accelerator: Any,
+    output_dir: Path,
+    step: int,
+    total_limit: int | None,
+    identity: dict[str, Any] | None = None,
+) -> Path:
     """``accelerator.save_state`` into a hidden folder, then rename it to ``checkpoint-<step>`` (atomic for
-    readers: :func:`resolve_checkpoint` only sees complete folders); keep the newest ``total_limit``."""
+    readers: :func:`resolve_checkpoint` only sees complete folders); keep the newest ``total_limit``.
+    ``identity`` (:func:`run_identity`) is recorded for the resume check."""
     final = output_dir / f"checkpoint-{step}"
     partial = output_dir / f".checkpoint-{step}.partial"
     if accelerator.is_main_process and partial.exists():
@@ -430,7 +566,7 @@ def save_checkpoint(accelerator: Any, output_dir: Path, step: int, total_limit: 
     accelerator.save_state(str(partial))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        (partial / "trainer_state.json").write_text(json.dumps({"step": step}) + "\n")
+        (partial / "trainer_state.json").write_text(json.dumps({"step": step, "run": identity or {}}) + "\n")
         make_readable(partial)
         replace_path(partial, final)
         if total_limit:
