@@ -250,6 +250,26 @@ def test_training_resumes_like_an_uninterrupted_run(tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     fresh = StyleTokenAdapter.from_pretrained(tmp_path / "a" / "adapter")
     assert any(w.abs().max() > 0 for w in fresh.to_v_ip.parameters())  # it learned something
+    # refused before the model loads: another run's options, a resume past max_steps, a fresh run over
+    # checkpoints (the limit deleted its own), bad numbers
+    resume = [*common, "--output_dir", str(tmp_path / "a"), "--resume_from_checkpoint", "latest"]
+    with pytest.raises(ValueError, match="written with --num_global_tokens 4, this run has 3"):
+        main([*resume, "--num_global_tokens", "3"])
+    with pytest.raises(ValueError, match="past --max_steps 2"):
+        main([*resume, "--max_steps", "2"])
+    with pytest.raises(ValueError, match="holds checkpoints of an earlier run"):
+        main([*common, "--output_dir", str(tmp_path / "a")])
+    from stylekit.tokens.train import TrainConfig
+
+    for options, message in (
+        ({"noise_offset": float("nan")}, "--noise_offset: expected a finite number"),
+        ({"log_every": 0}, "log_every must be >= 1"),
+        ({"max_loss_weight": 0.0}, "--max_loss_weight: expected a number > 0"),
+        ({"extractor": str(tmp_path / "nope")}, "--extractor: not a folder"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            TrainConfig(**options)
+    assert TrainConfig(checkpointing_steps=0).checkpointing_steps == 0  # only at the end
 
 
 # ------------------------------------------------------------------------------- latent-statistics guidance

@@ -361,14 +361,15 @@ RESUME_MAY_CHANGE = frozenset(
 """Options a resumed run may change; the others shape the training and must match the checkpoint's."""
 
 
-def run_identity(config: TrainConfig) -> dict[str, Any]:
-    """The options a checkpoint records and a resumed run must repeat (JSON values)."""
+def run_identity(config: Any, may_change: frozenset[str] = RESUME_MAY_CHANGE) -> dict[str, Any]:
+    """The options of a trainer's config dataclass that a checkpoint records and a resumed run must repeat
+    (JSON values): all but ``may_change``."""
     values = dataclasses.asdict(config)
-    return json.loads(json.dumps({k: v for k, v in values.items() if k not in RESUME_MAY_CHANGE}))
+    return json.loads(json.dumps({k: v for k, v in values.items() if k not in may_change}))
 
 
 def resolve_checkpoint(
-    output_dir: Path, resume: str | None, config: TrainConfig | None = None
+    output_dir: Path, resume: str | None, config: Any = None, may_change: frozenset[str] = RESUME_MAY_CHANGE
 ) -> Path | None:
     """``"latest"`` -> the newest complete ``checkpoint-N`` in ``output_dir`` (None if there is none).
 
@@ -377,7 +378,7 @@ def resolve_checkpoint(
     is refused (``ValueError`` naming the option)."""
     found = _checkpoints(output_dir)
     if resume is None or (resume == "latest" and not found):
-        if config is not None and found and not config.overwrite_output_dir:
+        if config is not None and found and not getattr(config, "overwrite_output_dir", False):
             raise ValueError(
                 f"--output_dir: {output_dir} holds checkpoints of an earlier run ({found[-1][1].name}); resume "
                 "it with --resume_from_checkpoint latest, use another --output_dir, or pass "
@@ -389,7 +390,7 @@ def resolve_checkpoint(
         raise FileNotFoundError(f"--resume_from_checkpoint: {path} is not a complete checkpoint folder")
     if config is not None:
         state = json.loads((path / "trainer_state.json").read_text())
-        current = run_identity(config)
+        current = run_identity(config, may_change)
         for key, value in state.get("run", {}).items():
             if key in current and current[key] != value:
                 raise ValueError(

@@ -19,6 +19,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, fields
@@ -62,15 +63,49 @@ class TrainConfig:
     log_every: int = 10
     max_seconds: float = 0.0  # stop (and export) after this wall time; 0 = no limit
     num_threads: int = 1  # torch CPU threads (0 = leave torch's default)
+    overwrite_output_dir: bool = False  # start afresh over an output_dir holding checkpoints (deleted first)
 
     def __post_init__(self) -> None:
-        if self.max_steps < 1 or self.batch_size < 1:
-            raise ValueError("max_steps and batch_size must be >= 1")
+        if self.max_steps < 1 or self.batch_size < 1 or self.log_every < 1:
+            raise ValueError("max_steps, batch_size and log_every must be >= 1")
+        if self.checkpointing_steps < 0 or self.checkpoints_total_limit < 1:
+            raise ValueError(
+                "checkpointing_steps must be >= 0 (0: only at the end), checkpoints_total_limit >= 1"
+            )
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"--{f.name}: expected a finite number, got {value}")
+        for name in ("learning_rate", "max_loss_weight"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"--{name}: expected a number > 0, got {getattr(self, name)}")
+        for name in ("weight_decay", "max_grad_norm", "noise_offset", "text_loss_weight", "max_seconds"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{name}: expected a number >= 0, got {getattr(self, name)}")
+        if self.extractor and not Path(self.extractor).is_dir():
+            raise ValueError(f"--extractor: not a folder: {self.extractor} (a saved StyleExtractor)")
         for name in ("swap_style_prob", "content_only_prob", "caption_dropout", "text_code_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"--{name}: expected a probability in [0, 1], got {getattr(self, name)}")
         if self.swap_style_prob + self.content_only_prob + self.caption_dropout > 1.0:
             raise ValueError("swap_style_prob + content_only_prob + caption_dropout must be <= 1")
+
+
+RESUME_MAY_CHANGE = frozenset(
+    {
+        "output_dir",
+        "export_dir",
+        "max_steps",
+        "checkpointing_steps",
+        "checkpoints_total_limit",
+        "resume_from_checkpoint",
+        "overwrite_output_dir",
+        "log_every",
+        "max_seconds",
+        "num_threads",
+    }
+)
+"""Options a resumed run may change; the others shape the training and must match the checkpoint's."""
 
 
 def _boolean(text: str) -> bool:
@@ -163,13 +198,15 @@ def train(config: TrainConfig) -> dict[str, Any]:
 
     from stylekit.attention.conditioner import encode_latents
     from stylekit.extractors import clip_text_embeddings
-    from stylekit.extractors.train import resolve_checkpoint, save_checkpoint
+    from stylekit.extractors.train import resolve_checkpoint, run_identity, save_checkpoint
     from stylekit.tokens.adapter import StyleTokenAdapter
     from stylekit.tokens.processor import StyleTokenProcessor, TokenState, add_time_delta
 
+    output_dir = Path(config.output_dir)
+    # before any model loads: a bad resume point, other training options, a folder holding another run
+    resume = resolve_checkpoint(output_dir, config.resume_from_checkpoint or None, config, RESUME_MAY_CHANGE)
     accelerator = Accelerator(step_scheduler_with_optimizer=False)
     torch.manual_seed(config.seed)
-    output_dir = Path(config.output_dir)
     export = Path(config.export_dir or output_dir / "adapter")
     pipe, extractor = _load_models(config)
     device = accelerator.device
@@ -205,7 +242,12 @@ def train(config: TrainConfig) -> dict[str, Any]:
     unet.time_embedding.register_forward_hook(lambda m, a, out: add_time_delta(state, out))
 
     start_step = 0
-    resume = resolve_checkpoint(output_dir, config.resume_from_checkpoint or None)
+    if resume is None and config.overwrite_output_dir and accelerator.is_main_process:
+        for old in output_dir.glob(
+            "checkpoint-*"
+        ):  # an earlier run's: `latest` and the limit must not see them
+            shutil.rmtree(old)
+    accelerator.wait_for_everyone()
     if resume is not None:
         accelerator.load_state(str(resume))
         start_step = int(json.loads((resume / "trainer_state.json").read_text())["step"])
@@ -288,8 +330,10 @@ def train(config: TrainConfig) -> dict[str, Any]:
             with log_path.open("a") as f:
                 f.write(json.dumps({"step": step, **last}) + "\n")
         out_of_time = config.max_seconds and time.perf_counter() - started > config.max_seconds
-        if step % config.checkpointing_steps == 0 or step == config.max_steps or out_of_time:
-            save_checkpoint(accelerator, output_dir, step, config.checkpoints_total_limit)
+        periodic = config.checkpointing_steps and step % config.checkpointing_steps == 0
+        if periodic or step == config.max_steps or out_of_time:
+            identity = run_identity(config, RESUME_MAY_CHANGE)
+            save_checkpoint(accelerator, output_dir, step, config.checkpoints_total_limit, identity)
         if out_of_time:
             break
     bar.close()
