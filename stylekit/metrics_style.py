@@ -34,6 +34,8 @@ def _extractor(extractor: Any | None) -> Any:
 def _as_embeddings(x: Any, extractor: Any | None, name: str) -> torch.Tensor:
     """Float ``(N, D)`` / ``(D,)`` arrays or tensors are embeddings (checked against ``extractor`` if given);
     anything else is embedded with the extractor."""
+    if (isinstance(x, (list, tuple)) and not x) or (hasattr(x, "shape") and len(x.shape) and x.shape[0] == 0):
+        raise ValueError(f"{name}: no images or embeddings (an empty batch)")
     is_float = isinstance(x, torch.Tensor) and x.is_floating_point()
     is_float = is_float or (isinstance(x, np.ndarray) and np.issubdtype(x.dtype, np.floating))
     if is_float and x.ndim in (1, 2):
@@ -53,7 +55,9 @@ def style_similarity(a: Any, b: Any, extractor: Any | None = None) -> torch.Tens
 
     Args:
         a, b: images (anything :meth:`StyleExtractor.embed` accepts; one image or a batch) or embeddings
-            ``(N, D)`` / ``(D,)``; ``b`` may have one row (compared with every row of ``a``).
+            ``(N, D)`` / ``(D,)``; ``b`` may have one row (compared with every row of ``a``). A 1-D or 2-D
+            float array or tensor is always read as embeddings: give a grayscale image as ``(H, W, 3)``, a PIL
+            image or a path.
         extractor: a :class:`~stylekit.extractors.StyleExtractor`; default: the bundled one.
 
     Returns:

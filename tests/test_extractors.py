@@ -308,3 +308,5 @@ def test_bundled_extractor_measures_world_styles():
     assert float(same) > float(different)
     with pytest.raises(ValueError, match=rf"\(2, 5\).*\(N, {extractor.embed_dim}\)"):
         style_similarity(torch.zeros(2, 5), torch.zeros(2, 5), extractor=extractor)
+    with pytest.raises(ValueError, match="b: no images or embeddings"):  # was torch.cat's error
+        style_similarity(images[0:1], images[:0])
