@@ -263,9 +263,16 @@ def train(config: TrainConfig) -> dict[str, Any]:
     )
     last: dict[str, float] = {}
     step = start_step
+    processes, rank = accelerator.num_processes, accelerator.process_index
+    if config.batch_size % processes:
+        raise ValueError(
+            f"--batch_size {config.batch_size}: expected a multiple of the {processes} processes"
+        )
+    share = slice(rank * config.batch_size // processes, (rank + 1) * config.batch_size // processes)
     while step < config.max_steps:
-        batch = world_batch(config, step, size)
+        batch = world_batch(config, step, size)  # the global batch; this process trains its share of rows
         gen = torch.Generator().manual_seed(batch["seed"])
+        batch = {k: v if k == "seed" else v[share] for k, v in batch.items()}
         with torch.no_grad():
             target = _pixels(batch["target"]).to(device)
             latents = encode_latents(vae, target * 2 - 1)
@@ -291,15 +298,13 @@ def train(config: TrainConfig) -> dict[str, Any]:
         state.context = model.context(g_code, l_code)
         state.time_delta = model.time_delta(g_code, l_code)
 
-        noise = torch.randn(latents.shape, generator=gen).to(device)
+        rows = config.batch_size  # drawn for the global batch, so every share matches one process's run
+        noise = torch.randn((rows, *latents.shape[1:]), generator=gen)[share].to(device)
         if config.noise_offset:
-            noise = noise + config.noise_offset * torch.randn(
-                (len(latents), latents.shape[1], 1, 1), generator=gen
-            ).to(device)
-        timesteps = torch.randint(
-            0, noise_scheduler.config.num_train_timesteps, (len(latents),), generator=gen
-        )
-        timesteps = timesteps.to(device)
+            offset = torch.randn((rows, latents.shape[1], 1, 1), generator=gen)[share]
+            noise = noise + config.noise_offset * offset.to(device)
+        timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (rows,), generator=gen)
+        timesteps = timesteps[share].to(device)
         noisy = noise_scheduler.add_noise(latents, noise, timesteps)
         target_eps = (
             noise
@@ -311,6 +316,10 @@ def train(config: TrainConfig) -> dict[str, Any]:
         diffusion_loss = (per_sample * weights_for(noise_scheduler, timesteps, config.max_loss_weight)).mean()
         loss = diffusion_loss + config.text_loss_weight * (text_loss + local_loss)
         accelerator.backward(loss)
+        if processes > 1:  # the adapter's methods are called unwrapped, past DDP's forward: average here
+            for param in adapter.parameters():
+                if param.grad is not None:
+                    param.grad = accelerator.reduce(param.grad, reduction="mean")
         if config.max_grad_norm:
             accelerator.clip_grad_norm_(adapter.parameters(), config.max_grad_norm)
         optimizer.step()
