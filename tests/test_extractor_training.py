@@ -58,7 +58,9 @@ def _losses(output_dir: Path) -> list[float]:
 
 def test_config_file_toml_yaml_and_flags(tmp_path):
     toml = tmp_path / "c.toml"
-    toml.write_text('max_steps = 7\nwidths = [8, 16]\ncontent_head = false\nsplit = "factor"\n')
+    toml.write_text(
+        'max_steps = 7\nwidths = [8, 16]\npooled_stages = [0, 1]\ncontent_head = false\nsplit = "factor"\n'
+    )
     config = parse_args(["--config", str(toml), "--max_steps", "9", "--crop", "none"])
     assert config.max_steps == 9 and config.widths == (8, 16) and not config.content_head
     assert config.split == "factor" and config.crop is None
@@ -131,10 +133,13 @@ def test_option_types_and_values_are_checked():
     for options, message in (
         ({"content_head": "false"}, "content_head: expected true or false"),  # was read as true
         ({"max_steps": 1.5}, "max_steps: expected an integer"),
-        ({"widths": 16}, "widths: expected a list of integers"),
+        ({"widths": {"a": 1}}, "widths: expected a list of integers"),
         ({"temperature": float("nan")}, "temperature: expected a number > 0"),
         ({"grad_clip": -1}, "grad_clip: expected a number >= 0"),
-        ({"checkpoints_total_limit": -1}, "checkpoints_total_limit: expected an integer >= 1"),
+        ({"checkpoints_total_limit": -1}, "checkpoints_total_limit: expected an integer >= 0"),
+        ({"split": "content_style"}, "split: expected a split of styles alone"),
+        ({"stem": 3}, "stem: expected 2 or 4"),
+        ({"extra": "abc"}, "extra: expected a mapping"),
         ({"n_styles": 514}, "n_styles: the train part of split 'style' has 513 styles"),  # hung before
         (
             {"supcon_weight": 0, "multilabel_weight": 0, "hard_negative_weight": 0, "token_weight": 0},
@@ -143,10 +148,11 @@ def test_option_types_and_values_are_checked():
     ):
         with pytest.raises(ValueError, match=message):
             TrainConfig(**options)
-    config = TrainConfig(
-        temperature="0.2", max_steps="3", widths="8,16", crop="none"
-    )  # a config file's strings
-    assert (config.temperature, config.max_steps, config.widths, config.crop) == (0.2, 3, (8, 16), None)
+    strings = dict(temperature="0.2", max_steps="1e3", widths="8,16", pooled_stages="0,1", crop="none")
+    config = TrainConfig(**strings)  # a config file's strings (YAML reads 1e3 as one)
+    assert (config.temperature, config.max_steps, config.widths, config.crop) == (0.2, 1000, (8, 16), None)
+    config = TrainConfig(output_dir=Path("runs/x"), pooled_stages=3, checkpoints_total_limit=0)
+    assert (config.output_dir, config.pooled_stages, config.checkpoints_total_limit) == ("runs/x", (3,), 0)
 
 
 @pytest.mark.skipif(

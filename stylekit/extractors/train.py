@@ -89,8 +89,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         for f in fields(self):  # types first (config files): a clear message instead of a late TypeError
-            if f.name != "extra":
-                setattr(self, f.name, _typed(f.name, getattr(self, f.name)))
+            setattr(self, f.name, _typed(f.name, getattr(self, f.name)))
         for name in ("max_steps", "n_styles", "n_contents", "log_every", "checkpointing_steps"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name}: expected a positive integer, got {getattr(self, name)}")
@@ -117,10 +116,22 @@ class TrainConfig:
                 raise ValueError(f"{name}: expected a number >= 0, got {getattr(self, name)}")
         if not any(getattr(self, name) for name in weights[:4]):
             raise ValueError(f"loss weights: at least one of {', '.join(weights[:4])} must be > 0")
-        if self.checkpoints_total_limit is not None and self.checkpoints_total_limit < 1:
+        if self.checkpoints_total_limit is not None and self.checkpoints_total_limit < 0:
             raise ValueError(
-                f"checkpoints_total_limit: expected an integer >= 1 (or none), got {self.checkpoints_total_limit}"
+                f"checkpoints_total_limit: expected an integer >= 0 (0 or none: keep all), got "
+                f"{self.checkpoints_total_limit}"
             )
+        for name in ("warmup_steps", "threads"):
+            if (getattr(self, name) or 0) < 0:
+                raise ValueError(f"{name}: expected an integer >= 0, got {getattr(self, name)}")
+        if self.split is not None:
+            from stylekit.data.splits import get_split
+
+            if not get_split(self.split).style_only:
+                raise ValueError(
+                    f"split: expected a split of styles alone ('style', 'factor') or none, got {self.split!r}"
+                )
+        self.extractor_config()  # the architecture's own checks (stem, widths, embed_dim, ...)
         from .data import train_style_count
 
         available = train_style_count(self.split)
@@ -156,10 +167,16 @@ def _typed(name: str, value: Any) -> Any:
     wrong = ValueError(f"{name}: expected {getattr(inner, '__name__', inner)}, got {value!r}")
     if typing.get_origin(inner) is tuple:
         items = re.split(r"[,\s]+", value.strip()) if isinstance(value, str) else value
-        if isinstance(items, (int, float)) or not isinstance(items, (list, tuple)):
+        if isinstance(items, int) and not isinstance(items, bool):
+            items = [items]  # one stage
+        if not isinstance(items, (list, tuple)):
             raise ValueError(f"{name}: expected a list of integers, got {value!r}")
         return tuple(_typed_int(name, v) for v in items if v != "")
-    if typing.get_origin(inner) is dict or inner is Any:
+    if typing.get_origin(inner) is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"{name}: expected a mapping, got {value!r}")
+        return value
+    if inner is Any:
         return value
     if inner is bool:
         if not isinstance(value, bool):
@@ -175,6 +192,8 @@ def _typed(name: str, value: Any) -> Any:
         except (TypeError, ValueError):
             raise wrong from None
     if inner is str:
+        if isinstance(value, os.PathLike):
+            return os.fspath(value)
         if not isinstance(value, str):
             raise wrong
         return value
@@ -182,11 +201,15 @@ def _typed(name: str, value: Any) -> Any:
 
 
 def _typed_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+    """An integer from an int, a whole float or a string of either (YAML reads ``1e3`` as a string)."""
+    if isinstance(value, bool):
         raise ValueError(f"{name}: expected an integer, got {value!r}")
     try:
-        return int(value)
-    except (TypeError, ValueError):
+        number = float(value) if isinstance(value, str) else value
+        if isinstance(number, float) and not number.is_integer():
+            raise ValueError
+        return int(number)
+    except (TypeError, ValueError, OverflowError):
         raise ValueError(f"{name}: expected an integer, got {value!r}") from None
 
 
@@ -343,7 +366,7 @@ def _checkpoints(output_dir: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-RESUME_MAY_CHANGE = frozenset(
+RUN_CONTROL_OPTIONS = frozenset(
     {
         "output_dir",
         "export_dir",
@@ -353,19 +376,28 @@ RESUME_MAY_CHANGE = frozenset(
         "resume_from_checkpoint",
         "overwrite_output_dir",
         "log_every",
-        "report_to",
-        "threads",
-        "progress",
     }
 )
+"""Options of where and how long a trainer runs, which a resumed run may change (the trainers add theirs)."""
+RESUME_MAY_CHANGE = RUN_CONTROL_OPTIONS | {"report_to", "threads", "progress"}
 """Options a resumed run may change; the others shape the training and must match the checkpoint's."""
+
+
+def clear_earlier_run(output_dir: Path) -> None:
+    """``--overwrite_output_dir``: delete an earlier run's checkpoints (``latest`` and the checkpoint limit
+    must not see them) and empty its ``log.jsonl`` (the new run's lines would follow the old ones)."""
+    for _, old in _checkpoints(output_dir):
+        shutil.rmtree(old)
+    log = output_dir / "log.jsonl"
+    if log.is_file():
+        log.write_text("")
 
 
 def run_identity(config: Any, may_change: frozenset[str] = RESUME_MAY_CHANGE) -> dict[str, Any]:
     """The options of a trainer's config dataclass that a checkpoint records and a resumed run must repeat
     (JSON values): all but ``may_change``."""
     values = dataclasses.asdict(config)
-    return json.loads(json.dumps({k: v for k, v in values.items() if k not in may_change}))
+    return json.loads(json.dumps({k: v for k, v in values.items() if k not in may_change}, default=str))
 
 
 def resolve_checkpoint(
@@ -468,8 +500,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
 
     start_step = 0
     if checkpoint is None and config.overwrite_output_dir and accelerator.is_main_process:
-        for _, old in _checkpoints(output_dir):  # an earlier run's: `latest` and the limit must not see them
-            shutil.rmtree(old)
+        clear_earlier_run(output_dir)
     accelerator.wait_for_everyone()
     if checkpoint is not None:
         accelerator.load_state(str(checkpoint))

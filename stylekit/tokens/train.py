@@ -19,7 +19,6 @@ import argparse
 import json
 import math
 import os
-import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, fields
@@ -29,6 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from stylekit.extractors.train import RUN_CONTROL_OPTIONS
 
 
 @dataclass
@@ -68,9 +69,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.max_steps < 1 or self.batch_size < 1 or self.log_every < 1:
             raise ValueError("max_steps, batch_size and log_every must be >= 1")
-        if self.checkpointing_steps < 0 or self.checkpoints_total_limit < 1:
+        if self.checkpointing_steps < 0 or self.checkpoints_total_limit < 0:
             raise ValueError(
-                "checkpointing_steps must be >= 0 (0: only at the end), checkpoints_total_limit >= 1"
+                "checkpointing_steps must be >= 0 (0: only at the end), checkpoints_total_limit >= 0 (0: keep all)"
             )
         for f in fields(self):
             value = getattr(self, f.name)
@@ -91,20 +92,7 @@ class TrainConfig:
             raise ValueError("swap_style_prob + content_only_prob + caption_dropout must be <= 1")
 
 
-RESUME_MAY_CHANGE = frozenset(
-    {
-        "output_dir",
-        "export_dir",
-        "max_steps",
-        "checkpointing_steps",
-        "checkpoints_total_limit",
-        "resume_from_checkpoint",
-        "overwrite_output_dir",
-        "log_every",
-        "max_seconds",
-        "num_threads",
-    }
-)
+RESUME_MAY_CHANGE = RUN_CONTROL_OPTIONS | {"max_seconds", "num_threads"}
 """Options a resumed run may change; the others shape the training and must match the checkpoint's."""
 
 
@@ -198,7 +186,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
 
     from stylekit.attention.conditioner import encode_latents
     from stylekit.extractors import clip_text_embeddings
-    from stylekit.extractors.train import resolve_checkpoint, run_identity, save_checkpoint
+    from stylekit.extractors.train import clear_earlier_run, resolve_checkpoint, run_identity, save_checkpoint
     from stylekit.tokens.adapter import StyleTokenAdapter
     from stylekit.tokens.processor import StyleTokenProcessor, TokenState, add_time_delta
 
@@ -206,6 +194,11 @@ def train(config: TrainConfig) -> dict[str, Any]:
     # before any model loads: a bad resume point, other training options, a folder holding another run
     resume = resolve_checkpoint(output_dir, config.resume_from_checkpoint or None, config, RESUME_MAY_CHANGE)
     accelerator = Accelerator(step_scheduler_with_optimizer=False)
+    processes, rank = accelerator.num_processes, accelerator.process_index
+    if config.batch_size % processes:
+        raise ValueError(
+            f"--batch_size {config.batch_size}: expected a multiple of the {processes} processes"
+        )
     torch.manual_seed(config.seed)
     export = Path(config.export_dir or output_dir / "adapter")
     pipe, extractor = _load_models(config)
@@ -243,10 +236,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
 
     start_step = 0
     if resume is None and config.overwrite_output_dir and accelerator.is_main_process:
-        for old in output_dir.glob(
-            "checkpoint-*"
-        ):  # an earlier run's: `latest` and the limit must not see them
-            shutil.rmtree(old)
+        clear_earlier_run(output_dir)
     accelerator.wait_for_everyone()
     if resume is not None:
         accelerator.load_state(str(resume))
@@ -263,11 +253,6 @@ def train(config: TrainConfig) -> dict[str, Any]:
     )
     last: dict[str, float] = {}
     step = start_step
-    processes, rank = accelerator.num_processes, accelerator.process_index
-    if config.batch_size % processes:
-        raise ValueError(
-            f"--batch_size {config.batch_size}: expected a multiple of the {processes} processes"
-        )
     share = slice(rank * config.batch_size // processes, (rank + 1) * config.batch_size // processes)
     while step < config.max_steps:
         batch = world_batch(config, step, size)  # the global batch; this process trains its share of rows
@@ -327,11 +312,11 @@ def train(config: TrainConfig) -> dict[str, Any]:
         optimizer.zero_grad(set_to_none=True)
         step += 1
         bar.update()
+        parts = torch.stack([loss, diffusion_loss, text_loss, local_loss]).detach()
+        if processes > 1:  # the global batch's losses, not this process's share
+            parts = accelerator.reduce(parts, reduction="mean")
         last = {
-            "loss": float(loss.detach()),
-            "diffusion": float(diffusion_loss.detach()),
-            "text": float(text_loss.detach()),
-            "local": float(local_loss.detach()),
+            **dict(zip(("loss", "diffusion", "text", "local"), parts.tolist(), strict=True)),
             "lr": float(scheduler.get_last_lr()[0]),
         }
         if accelerator.is_main_process and (step % config.log_every == 0 or step == config.max_steps):
