@@ -323,7 +323,10 @@ def train(config: TrainConfig) -> dict[str, Any]:
             bar.set_postfix(loss=f"{last['diffusion']:.4f}", text=f"{last['text']:.3f}")
             with log_path.open("a") as f:
                 f.write(json.dumps({"step": step, **last}) + "\n")
-        out_of_time = config.max_seconds and time.perf_counter() - started > config.max_seconds
+        out_of_time = bool(config.max_seconds) and time.perf_counter() - started > config.max_seconds
+        if config.max_seconds and processes > 1:  # one decision for all: a process stopping alone would hang
+            flag = torch.tensor([float(out_of_time)], device=device)
+            out_of_time = bool(accelerator.reduce(flag, reduction="sum").item() > 0)
         periodic = config.checkpointing_steps and step % config.checkpointing_steps == 0
         if periodic or step == config.max_steps or out_of_time:
             identity = run_identity(config, RESUME_MAY_CHANGE)
