@@ -30,6 +30,7 @@ from stylekit.conditioning import (
 )
 from stylekit.images import fit_to_size, load_image, round_to_factor, to_tensor
 from stylekit.inversion import check_inference_steps
+from stylekit.models import text_encoder_fingerprint
 from stylekit.regions import RegionalStyle
 
 
@@ -277,6 +278,7 @@ class StyleInjectionMixin:
 
         device = self._execution_device
         self.__dict__["_call_device"] = device  # _execution_device is slow to ask; fixed for the call
+        self.__dict__.pop("_call_text_fingerprint", None)  # weights may have changed since the last call
         dtype = self.unet.dtype
         evals = [0]
 
@@ -348,8 +350,9 @@ class StyleInjectionPipeline(StyleInjectionMixin, StableDiffusionPipeline):
         self, batch_size: int, dtype: torch.dtype, height: int, width: int
     ) -> dict[str, Any]:
         device = self.__dict__.get("_call_device") or self._execution_device
+        key = (device, text_encoder_fingerprint(self))  # an edited text encoder re-encodes
         cached = self.__dict__.get("_empty_prompt")
-        if cached is None or cached.device != device:
-            cached, _ = self.encode_prompt("", device, 1, False)
+        if cached is None or cached[0] != key:
+            cached = (key, self.encode_prompt("", device, 1, False)[0])
             self.__dict__["_empty_prompt"] = cached
-        return {"encoder_hidden_states": cached.to(dtype).expand(batch_size, -1, -1)}
+        return {"encoder_hidden_states": cached[1].to(dtype).expand(batch_size, -1, -1)}

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from diffusers import StableDiffusionXLPipeline
 
+from stylekit.models import text_encoder_fingerprint
 from stylekit.pipelines.style_injection import StyleInjectionMixin
 
 
@@ -26,7 +27,7 @@ class StyleInjectionXLPipeline(StyleInjectionMixin, StableDiffusionXLPipeline):
         self, batch_size: int, dtype: torch.dtype, height: int, width: int
     ) -> dict[str, Any]:
         device = self.__dict__.get("_call_device") or self._execution_device
-        key = (device, height, width)
+        key = (device, height, width, text_encoder_fingerprint(self))  # an edited text encoder re-encodes
         cached = self.__dict__.get("_empty_prompt")
         if cached is None or cached[0] != key:
             prompt_embeds, _, pooled, _ = self.encode_prompt(

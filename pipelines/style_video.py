@@ -51,7 +51,7 @@ from stylekit.conditioning import (
 from stylekit.images import fit_to_size, load_image, to_tensor
 from stylekit.inversion import ddim_invert
 from stylekit.lora_style import LoRAStyle
-from stylekit.models import model_fingerprint
+from stylekit.models import pipeline_fingerprint
 from stylekit.regions import load_masks
 from stylekit.tokens import StyleTokens, resolve_adapter
 from stylekit.tokens.scales import ScaleSpec
@@ -108,7 +108,6 @@ class VideoStyleInjection(ConditionerBase):
     def prepare(self, pipe: Any, *, styles: torch.Tensor, num_inference_steps: int, **_: Any) -> None:
         """Invert ``styles[0]`` ((3, H, W) pixels in [-1, 1]) through the motion UNet, or take it from the cache."""
         device = pipe._execution_device
-        unet = pipe.unet
         inversion_scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
         inversion_scheduler.set_timesteps(num_inference_steps)
         pipe.scheduler.set_timesteps(num_inference_steps, device=device)  # the call sets the same again
@@ -124,7 +123,7 @@ class VideoStyleInjection(ConditionerBase):
         pixels = styles[:1]
         key = CacheKey(
             image_sha256=image_digest(pixels[0]),
-            model=f"{model_fingerprint(unet)}:{model_fingerprint(pipe.vae)}",
+            model=pipeline_fingerprint(pipe),
             scheduler=scheduler_digest(inversion_scheduler.config),
             steps=num_inference_steps,
             layers=self.layers,

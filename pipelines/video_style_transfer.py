@@ -515,6 +515,7 @@ class VideoStyleTransferPipeline(StyleInjectionPipeline):
 
         device = self._execution_device
         self.__dict__["_call_device"] = device
+        self.__dict__.pop("_call_text_fingerprint", None)  # weights may have changed since the last call
         dtype = self.unet.dtype
         sampler = self._motion_cache.get(self.unet, adapter) if adapter is not None else self.unet
         evals = [0]

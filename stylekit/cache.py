@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import threading
 import warnings
 from collections import OrderedDict
@@ -203,7 +204,10 @@ class InversionCache:
                 f"stylekit cache: dropping corrupt entry {path.name} ({error}); it will be recomputed",
                 stacklevel=3,
             )
-            path.unlink(missing_ok=True)
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
             with self._lock:
                 self.stats["recovered"] += 1
             return None

@@ -262,6 +262,7 @@ def load_pipeline(
     Returns:
         A ``DiffusionPipeline`` with a DDIM scheduler when ``kind="style-injection"``.
     """
+    dtype = _as_dtype(dtype)
     if name_or_path in _BUILDERS:
         architecture = PRESETS[name_or_path].architecture
         components = _BUILDERS[name_or_path]()
@@ -292,6 +293,19 @@ def load_pipeline(
     pipe = cls.from_pretrained(resolved, **kwargs)
     pipe.stylekit_model_id = resolved
     return _finish(pipe, None, device, kind)
+
+
+DTYPE_NAMES = {"fp16": "float16", "float16": "float16", "half": "float16", "bf16": "bfloat16",
+               "bfloat16": "bfloat16", "fp32": "float32", "float32": "float32", "float": "float32"}  # fmt: skip
+
+
+def _as_dtype(dtype: Any) -> torch.dtype | None:
+    """``dtype`` as a floating ``torch.dtype`` (names such as ``"fp16"`` or ``"float16"`` accepted), or None."""
+    if dtype is None or isinstance(dtype, torch.dtype) and dtype.is_floating_point:
+        return dtype
+    if isinstance(dtype, str) and dtype.lower().removeprefix("torch.") in DTYPE_NAMES:
+        return getattr(torch, DTYPE_NAMES[dtype.lower().removeprefix("torch.")])
+    raise ValueError(f"dtype: expected a floating torch.dtype or one of {sorted(DTYPE_NAMES)}, got {dtype!r}")
 
 
 @functools.cache
@@ -328,9 +342,27 @@ def model_fingerprint(module: torch.nn.Module) -> str:
     return digest.hexdigest()[:16]
 
 
+def text_encoder_fingerprint(pipe: Any, fresh: bool = False) -> str:
+    """:func:`model_fingerprint` of the pipeline's text encoder(s), computed once per call: kept in the
+    pipeline's ``_call_text_fingerprint``, which each StyleID call drops when it starts (``fresh``: compute
+    it anew now)."""
+    cached = None if fresh else pipe.__dict__.get("_call_text_fingerprint")
+    if cached is None:
+        encoders = (getattr(pipe, "text_encoder", None), getattr(pipe, "text_encoder_2", None))
+        cached = ":".join(model_fingerprint(m) for m in encoders if m is not None)
+        pipe.__dict__["_call_text_fingerprint"] = cached
+    return cached
+
+
+def pipeline_fingerprint(pipe: Any) -> str:
+    """:func:`model_fingerprint` of every model an inversion depends on: the UNet, the VAE and the text
+    encoder(s) (the empty prompt's embedding conditions every inverted step)."""
+    text = text_encoder_fingerprint(pipe, fresh=True)
+    return f"{model_fingerprint(pipe.unet)}:{model_fingerprint(pipe.vae)}:{text}"
+
+
 def _config_json(module: torch.nn.Module) -> str:
     """The module's config without private (``_``-prefixed) entries such as ``_name_or_path``."""
     config = getattr(module, "config", None) or {}
-    return json.dumps(
-        {k: v for k, v in dict(config).items() if not k.startswith("_")}, sort_keys=True, default=str
-    )
+    items = config.to_dict() if hasattr(config, "to_dict") else dict(config)  # transformers' or diffusers'
+    return json.dumps({k: v for k, v in items.items() if not k.startswith("_")}, sort_keys=True, default=str)

@@ -74,6 +74,16 @@ def test_new_image_or_new_weights_miss(tiny_sd, images):
         other.unet.conv_in.weight.mul_(1.01)
     run(other, images[0], images[1], cache)
     assert cache.stats["misses"] == 5
+    # the text encoder too: the empty prompt's embedding conditions every inverted step (an edit reused the
+    # cached inversions and the pipeline's memo of that embedding)
+    before = run(other, images[0], images[1], cache).images
+    with torch.no_grad():
+        for param in other.text_encoder.parameters():
+            param.mul_(1.5)
+    edited = run(other, images[0], images[1], cache)
+    assert cache.stats["misses"] == 7
+    np.testing.assert_array_equal(edited.images, run(other, images[0], images[1], False).images)
+    assert np.abs(edited.images - before).max() > 1e-3
 
 
 def test_key_digest_covers_every_field():
@@ -115,6 +125,14 @@ def test_disk_cache_survives_a_new_process_object_and_recovers_corruption(tiny_s
     assert recovered.unet_evals == 3 * STEPS
     np.testing.assert_array_equal(recovered.images, first.images)
     assert len(list(tmp_path.glob("*.safetensors"))) == 2  # rewritten
+    for entry in tmp_path.glob("*.safetensors"):  # a folder where an entry belongs is dropped too
+        entry.unlink()
+        entry.mkdir()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        np.testing.assert_array_equal(
+            run(tiny_sd, images[0], images[1], InversionCache(tmp_path)).images, first.images
+        )
 
 
 def test_memory_bound_evicts_least_recently_used():

@@ -86,3 +86,8 @@ def test_a_folder_with_mixed_stored_dtypes_loads_in_one_dtype(tmp_path):
         assert loaded.unet.dtype == loaded.text_encoder.dtype == loaded.vae.dtype == torch.float32
     half = load_pipeline(str(tmp_path / "mixed"), dtype=torch.float16)
     assert half.unet.dtype == half.text_encoder.dtype == torch.float16
+    # a dtype's name works the same for a folder (it was ignored: fp32) and a preset (it was a TypeError)
+    for source in (str(tmp_path / "mixed"), "tiny-sd"):
+        assert load_pipeline(source, dtype="float16").unet.dtype == torch.float16
+    with pytest.raises(ValueError, match="dtype: expected a floating torch.dtype"):
+        load_pipeline("tiny-sd", dtype="int8")

@@ -20,7 +20,7 @@ from stylekit.attention.injection import InjectionController, InjectionSettings,
 from stylekit.cache import STRATEGIES, CacheKey, InversionCache, image_digest, scheduler_digest
 from stylekit.conditioning import ConditionerBase
 from stylekit.inversion import adain_latent, ddim_invert
-from stylekit.models import model_fingerprint
+from stylekit.models import pipeline_fingerprint
 
 ROLE_KINDS = {"content": ("q",), "style": ("k", "v")}
 INVERSION_BATCH = 4
@@ -121,7 +121,7 @@ class AttentionInjection(ConditionerBase):
         self.rows = list(rows)
         self._num_steps = num_inference_steps
         self._ref_conditioning = unet_conditioning
-        model_id = f"{model_fingerprint(pipe.unet)}:{model_fingerprint(pipe.vae)}"
+        model_id = pipeline_fingerprint(pipe)
         height, width = int(contents.shape[-2]), int(contents.shape[-1])
 
         def key_for(pixels: torch.Tensor, role: str) -> CacheKey:
