@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -211,10 +212,30 @@ def _pipeline_class(kind: str, architecture: str):
 
 
 def _architecture_of(name_or_path: str) -> str:
-    """'sdxl' when the model folder/hub repo has a second text encoder, else 'sd'."""
+    """'sdxl' when the model folder/hub repo has a second text encoder, else 'sd'. A local folder must hold
+    ``model_index.json`` and every component it lists; offline, a name that is not a folder must be cached."""
     from diffusers import DiffusionPipeline
 
-    config = DiffusionPipeline.load_config(name_or_path)
+    folder = Path(name_or_path).expanduser()
+    if folder.is_dir():
+        if not (folder / "model_index.json").is_file():
+            raise FileNotFoundError(f"{folder}: not a diffusers pipeline folder (no model_index.json)")
+        index = json.loads((folder / "model_index.json").read_text())
+        for component, spec in index.items():
+            listed = isinstance(spec, list) and spec[0] is not None and not component.startswith("_")
+            if listed and not (folder / component).is_dir():
+                raise FileNotFoundError(
+                    f"{folder}: model_index.json lists {component!r} but {folder / component} is missing"
+                )
+    try:
+        config = DiffusionPipeline.load_config(name_or_path)
+    except OSError as error:
+        if not folder.exists() and os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+            raise FileNotFoundError(
+                f"{name_or_path!r} is neither a local folder nor in the Hugging Face cache, and the hub is offline "
+                "(HF_HUB_OFFLINE=1); download it first or give a diffusers folder"
+            ) from error
+        raise
     return "sdxl" if config.get("text_encoder_2") not in (None, [None, None]) else "sd"
 
 

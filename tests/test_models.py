@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -91,3 +93,14 @@ def test_a_folder_with_mixed_stored_dtypes_loads_in_one_dtype(tmp_path):
         assert load_pipeline(source, dtype="float16").unet.dtype == torch.float16
     with pytest.raises(ValueError, match="dtype: expected a floating torch.dtype"):
         load_pipeline("tiny-sd", dtype="int8")
+    # clear errors for a folder that is not a pipeline, a missing component, an uncached hub id offline
+    import shutil
+
+    shutil.rmtree(tmp_path / "mixed" / "vae")
+    with pytest.raises(FileNotFoundError, match="lists 'vae' but .*vae is missing"):
+        load_pipeline(str(tmp_path / "mixed"))
+    with pytest.raises(FileNotFoundError, match="not a diffusers pipeline folder"):
+        load_pipeline(str(tmp_path))
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        with pytest.raises(FileNotFoundError, match="the hub is offline"):
+            load_pipeline("someorg/not-a-cached-model")
