@@ -287,6 +287,7 @@ def train(method: str, sets: dict[str, Any], args: argparse.Namespace, root: Pat
         checkpointing_steps=0,
         seed=args.seed,
         train_batch_size=2,
+        overwrite_output_dir=True,  # a reused --work folder retrains its adapters
     )
     if method == "blora":
         runs = {  # (image set, content blocks, lr, steps) of the subject's and the style's B-LoRA
@@ -442,7 +443,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--work", default=None, help="folder for data and adapters (default: a temp folder)")
+    parser.add_argument(
+        "--work",
+        default=None,
+        help="folder for data and adapters (default: a temp folder; adapters already there are retrained)",
+    )
     args = parser.parse_args(argv)
     args.style_content_blocks = args.style_content_blocks or args.content_blocks  # '' = the subject run's
     return args
