@@ -437,10 +437,7 @@ def resolve_roles(config: TrainLoRAConfig, unet: Any) -> Roles:
             raise ValueError(f"--content_blocks and --style_blocks overlap: {sorted(overlap)}")
         return Roles({"content": content, "style": style})
     blocks = check_blocks(unet, config.lora_blocks or attention_blocks(unet), "--lora_blocks")
-    if config.method == "b4m":
-        role = "fused" if config.b4m_stage == "make" else config.b4m_role
-    else:
-        role = config.adapter_role
+    (role,) = config.adapter_roles()
     return Roles({role: blocks})
 
 
